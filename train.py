@@ -55,13 +55,12 @@ def prepare_run_dir(cfg: dict) -> Path:
     return run
 
 
-def build_trainer(cfg: dict, run: Path, examples: list[dict], world_size: int = 1):
+def build_trainer(cfg: dict, run: Path, examples: list[dict], tok, model, world_size: int = 1):
     import torch
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     import models
 
-    tok, model = models.load_for_training(cfg)
     feats = [data_mod.encode(tok, e["prompt"], e["target"], cfg["max_length"]) for e in examples]
     cut = sum(1 for f, e in zip(feats, examples)
               if sum(1 for x in f["labels"] if x != -100) < len(tok(e["target"], add_special_tokens=False)["input_ids"]))
@@ -139,7 +138,14 @@ def run_training(cfg: dict) -> dict:
         log.info("%s is already trained (train_summary.json exists); nothing to do", run)
         return json.loads(summary_path.read_text())
 
+    # Everything that can fail on bad input (data, model) happens before the run folder is touched.
+    import models
+
+    from transformers import set_seed
+
     examples = data_mod.train_examples(cfg)
+    set_seed(cfg["seed"])  # LoRA's initial weights come from the global RNG
+    tok, model = models.load_for_training(cfg)
     if state.is_main_process:
         prepare_run_dir(cfg)
         atomic_write_json(run / "subset_ids.json", [e["id"] for e in examples])
@@ -163,7 +169,7 @@ def run_training(cfg: dict) -> dict:
     if resume:
         log.info("resuming from %s", resume)
 
-    trainer, _ = build_trainer(cfg, run, examples, world_size=state.num_processes)
+    trainer, _ = build_trainer(cfg, run, examples, tok, model, world_size=state.num_processes)
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     dt = time.time() - t0

@@ -67,7 +67,7 @@ def tiny_cfg(model_dir, run_dir, **over) -> dict:
     cfg = {k: v[0] for k, v in config.DEFAULTS.items()}
     cfg.update(model=str(model_dir), data=str(DEMO_DATA), run_dir=str(run_dir), quantization="none",
                max_train_examples=16, batch_size=4, micro_batch_size=2, num_epochs=2, learning_rate=1e-3,
-               warmup_steps=1, max_length=256, lora_r=4, lora_alpha=8, lora_dropout=0.1,
+               warmup_steps=1, max_length=512, lora_r=4, lora_alpha=8, lora_dropout=0.1,
                eval_samples=2, eval_max_new_tokens=24, eval_batch_size=8,
                eval_train_examples=8, eval_test_examples=6)
     cfg.update(over)

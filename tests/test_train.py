@@ -1,0 +1,172 @@
+"""train.py on a tiny random model (real tokenizer, real Trainer), resume after a kill, bad inputs,
+and a few LoRA steps on the real SmolLM2-135M GGUF model."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import train
+from conftest import ROOT, tiny_cfg
+
+
+def adapter_weights(ckpt: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(ckpt / "adapter_model.safetensors"))
+
+
+def test_tiny_model_trains_and_checkpoints_every_epoch(tmp_path, tiny_model):
+    cfg = tiny_cfg(tiny_model, tmp_path / "run", num_epochs=2)  # 16 examples, batch 4 -> 4 steps/epoch
+    summary = train.run_training(cfg)
+    run = tmp_path / "run"
+    assert [p.name for p in train.complete_checkpoints(run)] == ["checkpoint-4", "checkpoint-8"]
+    assert summary["optimizer_steps"] == 8 and summary["examples"] == 16
+    for ck in train.complete_checkpoints(run):
+        assert (ck / "adapter_model.safetensors").exists() and (ck / "optimizer.pt").exists()
+        assert (ck / "trainer_state.json").exists()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved == cfg
+    ids = json.loads((run / "subset_ids.json").read_text())
+    assert len(ids) == 16 and all(i.startswith("gsm8k/train/") for i in ids)
+    log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 9))
+    assert all(r["learning_rate"] is not None and r["loss"] > 0 for r in log)
+    assert log[-1]["loss"] < log[0]["loss"]  # lr 1e-3 on 16 examples: the loss goes down
+    # one warmup step from 0 (HF convention: step 1 runs at lr 0), the peak, then linear decay
+    lrs = [r["learning_rate"] for r in log]
+    assert lrs[0] == 0 and lrs[1] == pytest.approx(1e-3) and all(a > b for a, b in zip(lrs[1:], lrs[2:]))
+    # adapters changed between epochs
+    w4, w8 = adapter_weights(run / "checkpoint-4"), adapter_weights(run / "checkpoint-8")
+    assert any(not torch.equal(w4[k], w8[k]) for k in w4)
+    # a second run with the same config does nothing
+    before = (run / "checkpoint-8" / "adapter_model.safetensors").stat().st_mtime_ns
+    train.run_training(cfg)
+    assert (run / "checkpoint-8" / "adapter_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_effective_batch_uses_gradient_accumulation(tmp_path, tiny_model):
+    cfg = tiny_cfg(tiny_model, tmp_path / "run", batch_size=8, micro_batch_size=2, num_epochs=1)
+    import models
+
+    tok, model = models.load_for_training(cfg)
+    trainer, _ = train.build_trainer(cfg, tmp_path / "run", [{"prompt": "a", "target": "b"}] * 16, tok, model)
+    assert trainer.args.gradient_accumulation_steps == 4
+    assert trainer.args.per_device_train_batch_size == 2
+
+
+def _write_cfg(tmp_path, cfg):
+    p = tmp_path / "cfg.yaml"
+    p.write_text(yaml.safe_dump({k: v for k, v in cfg.items()}))
+    return p
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model):
+    # 4 epochs x 4 steps; micro-batches of 1 so a step takes long enough to kill the run mid-epoch
+    common = dict(num_epochs=4, batch_size=4, micro_batch_size=1, lora_dropout=0.1)
+    ref_cfg = tiny_cfg(tiny_model, tmp_path / "ref", **common)
+    train.run_training(ref_cfg)
+
+    cfg = tiny_cfg(tiny_model, tmp_path / "killed", **common)
+    path = _write_cfg(tmp_path, cfg)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), str(path)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = tmp_path / "killed"
+    deadline = time.time() + 120
+    # kill once the first epoch's checkpoint is complete and a step of epoch 2 has been logged
+    while time.time() < deadline and proc.poll() is None:
+        log = run / "log.jsonl"
+        if (run / "checkpoint-4" / train.COMPLETE).exists() and log.exists() and \
+                any(json.loads(x)["step"] >= 5 for x in log.read_text().splitlines() if x.strip()):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (run / "train_summary.json").exists()
+    done_before = [p.name for p in train.complete_checkpoints(run)]
+    assert done_before and "checkpoint-16" not in done_before
+
+    summary = train.run_training(cfg)  # the same command again resumes
+    assert summary["optimizer_steps"] == 16
+    a, b = adapter_weights(tmp_path / "ref" / "checkpoint-16"), adapter_weights(run / "checkpoint-16")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    steps = [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 17))  # no duplicated log lines from the redone steps
+
+
+def test_changed_config_in_existing_run_is_refused(tmp_path, tiny_model):
+    cfg = tiny_cfg(tiny_model, tmp_path / "run", num_epochs=1)
+    train.run_training(cfg)
+    (tmp_path / "run" / "train_summary.json").unlink()
+    import config
+
+    with pytest.raises(config.ConfigError, match=r"different config \(keys \['learning_rate'\]"):
+        train.run_training({**cfg, "learning_rate": 5e-4})
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+
+
+def test_bad_inputs_give_clear_errors_and_leave_nothing(tmp_path, tiny_model):
+    good = tiny_cfg(tiny_model, tmp_path / "run")
+    path = _write_cfg(tmp_path, good)
+    r = run_cli(path, "learning_rat=1e-4")
+    assert r.returncode == 2 and "unknown config key 'learning_rat'; did you mean 'learning_rate'" in r.stderr
+    r = run_cli(path, "num_epochs=three")
+    assert r.returncode == 2 and "key 'num_epochs' expects an integer or a number, got 'three'" in r.stderr
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    r = run_cli(path, f"data={empty}")
+    assert r.returncode == 2 and "has no train.jsonl" in r.stderr
+    r = run_cli(path, f"model={tmp_path / 'missing.gguf'}")
+    assert r.returncode == 2 and "missing.gguf does not exist" in r.stderr
+    r = run_cli(path, "model=meta-llama/Meta-Llama-3-8B")
+    assert r.returncode == 2 and "pypi:smollm2-135m-instruct" in r.stderr and "offline" in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_help_config_lists_every_key():
+    r = run_cli("--help-config")
+    import config
+
+    assert r.returncode == 0 and all(k in r.stdout for k in config.DEFAULTS)
+
+
+def test_real_smollm2_lora_steps_lower_the_target_perplexity(tmp_path):
+    """A few LoRA steps on the real PyPI-shipped SmolLM2-135M (GGUF) on 4 GSM8K examples."""
+    pytest.importorskip("gguf")
+    import data
+    import inference
+    import models
+
+    cfg = tiny_cfg("pypi:smollm2-135m-instruct", tmp_path / "real", max_train_examples=4, batch_size=2,
+                   micro_batch_size=2, num_epochs=2, learning_rate=1e-3, max_length=192, lora_r=8, lora_alpha=16,
+                   lora_dropout=0.0)
+    try:
+        models.resolve_source(cfg["model"])
+    except models.ModelError as e:
+        pytest.skip(str(e))
+    exs = data.train_examples(cfg)
+    tok = models.load_tokenizer(cfg["model"])
+    base = models.load_base_model(cfg)
+    before, _ = inference.perplexities(base, tok, [e["prompt"] for e in exs], [e["target"] for e in exs],
+                                       max_length=192, progress=False)
+    del base
+    summary = train.run_training(cfg)
+    assert summary["optimizer_steps"] == 4
+    model = models.load_checkpoint(cfg, tmp_path / "real" / "checkpoint-4")
+    after, _ = inference.perplexities(model, tok, [e["prompt"] for e in exs], [e["target"] for e in exs],
+                                      max_length=192, progress=False)
+    assert all(1.0 < a < b for a, b in zip(after, before)), (before, after)
