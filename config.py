@@ -7,6 +7,7 @@ the nearest valid key).
 from __future__ import annotations
 
 import difflib
+from fractions import Fraction
 from pathlib import Path
 
 import yaml
@@ -38,6 +39,9 @@ DEFAULTS: dict[str, tuple] = {
     "train_file_mode": ("replace", (str,), "replace | append: how train_file combines with the task's train split"),
     "math_levels": (None, (list,), "MATH only: keep these levels, e.g. [1, 2, 3]"),
     "subset": ("full", (str,), "full | half | quarter: seeded fixed subset of the train split"),
+    "subset_fraction": (None, (float, str),
+                        "train on the first fraction (e.g. 1/32, 0.25) of the seeded subset's order; nested "
+                        "(1/32 within 1/16 ...); applied after subset, before max_train_examples"),
     "max_train_examples": (None, (int,), "cap on train examples after subsetting (demo, debugging)"),
     "max_length": (1024, (int,), "max prompt+target tokens; longer targets are cut at the end"),
     # --- optimization ---
@@ -55,6 +59,13 @@ DEFAULTS: dict[str, tuple] = {
     "save_every_steps": (None, (int,), "also checkpoint every N optimizer steps (a checkpoint ends every epoch)"),
     "logging_steps": (1, (int,), "log loss and learning rate every N optimizer steps"),
     "dataloader_num_workers": (0, (int,), "DataLoader workers"),
+    # --- live prediction during training (premem.py's metric at every checkpoint, no test set) ---
+    "live_premem": (False, (bool,), "at each checkpoint, sample a fixed train subsample and log the running "
+                                    "PreMemAcc as the predicted test accuracy (RUN/live_premem.jsonl)"),
+    "live_premem_examples": (64, (int,), "train examples in the fixed subsample"),
+    "live_premem_samples": (4, (int,), "samples per example"),
+    "live_premem_threshold": (-2.3, (float,), "memorization threshold on log(log(perplexity))"),
+    "live_premem_max_new_tokens": (256, (int,), "longest generation for the live prediction"),
     # --- evaluation (evaluate.py) ---
     "eval_samples": (5, (int,), "samples per prompt"),
     "eval_temperature": (0.8, (float,), "sampling temperature"),
@@ -138,7 +149,20 @@ def load_config(path=None, overrides=()) -> dict:
     return cfg
 
 
+def parse_fraction(value) -> Fraction:
+    """A fraction in (0, 1] from 1/32, "1/32", 0.25 or "0.25"."""
+    try:
+        f = Fraction(str(value).strip())
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"key 'subset_fraction': {value!r} is not a fraction like 1/32 or 0.25") from None
+    if not 0 < f <= 1:
+        raise ConfigError(f"key 'subset_fraction': {value!r} must be in (0, 1]")
+    return f
+
+
 def validate(cfg: dict) -> None:
+    if cfg.get("subset_fraction") is not None:
+        parse_fraction(cfg["subset_fraction"])
     if cfg["batch_size"] % cfg["micro_batch_size"]:
         raise ConfigError(f"batch_size ({cfg['batch_size']}) must be a multiple of micro_batch_size "
                           f"({cfg['micro_batch_size']})")

@@ -182,6 +182,10 @@ def train_examples(cfg: dict) -> list[dict]:
     if len(by_id) != len(full):
         raise DataError("train examples have duplicate ids")
     ids = subset_ids([e["id"] for e in full], cfg["subset"], cfg["seed"])
+    if cfg.get("subset_fraction") is not None:  # a prefix of the same seeded order: nested subsets
+        from config import parse_fraction
+
+        ids = ids[: max(1, int(len(ids) * parse_fraction(cfg["subset_fraction"])))]
     if cfg["max_train_examples"]:
         ids = ids[: cfg["max_train_examples"]]
     return [by_id[i] for i in ids] + extra

@@ -122,9 +122,71 @@ def build_trainer(cfg: dict, run: Path, examples: list[dict], tok, model, world_
                 ck = run / f"checkpoint-{state.global_step}"
                 atomic_write_json(ck / COMPLETE, {"step": state.global_step, "epoch": state.epoch})
 
+    callbacks = [RunFiles()]
+    if cfg["live_premem"]:
+        callbacks.insert(0, LivePreMem(cfg, run, examples, tok, model))
     trainer = Trainer(model=model, args=args, train_dataset=feats,
-                      data_collator=data_mod.Collator(tok.pad_token_id), callbacks=[RunFiles()])
+                      data_collator=data_mod.Collator(tok.pad_token_id), callbacks=callbacks)
     return trainer, tok
+
+
+def _live_callback_base():
+    from transformers import TrainerCallback
+
+    return TrainerCallback
+
+
+class LivePreMem(_live_callback_base()):
+    """At every checkpoint: accuracy of a few samples and target perplexity on a fixed, seeded train
+    subsample; the running PreMemAcc over the checkpoints so far is the predicted test accuracy.
+
+    One line per checkpoint goes to RUN/live_premem.jsonl (step, epoch, train_acc, predicted_test_acc,
+    memorized fraction, and the per-example arrays so a resumed run continues the running max).
+    """
+
+    def __init__(self, cfg, run, examples, tok, model):
+        self.cfg, self.run, self.tok, self.model = cfg, Path(run), tok, model
+        ids = data_mod.sample_ids([e["id"] for e in examples], cfg["live_premem_examples"], cfg["seed"])
+        keep = set(ids)
+        self.examples = [e for e in examples if e["id"] in keep]
+        self.path = self.run / "live_premem.jsonl"
+
+    def history(self, upto_step):
+        if not self.path.exists():
+            return []
+        rows = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+        return [r for r in rows if r["step"] < upto_step]
+
+    def on_save(self, args, state, control, **kw):
+        if not state.is_world_process_zero:
+            return
+        import grading
+        import inference
+        import numpy as np
+        import premem
+
+        c, exs = self.cfg, self.examples
+        comps, _ = inference.sample(self.model, self.tok, [e["prompt"] for e in exs], n=c["live_premem_samples"],
+                                    temperature=c["eval_temperature"], top_p=c["eval_top_p"],
+                                    max_new_tokens=c["live_premem_max_new_tokens"], batch_size=c["eval_batch_size"],
+                                    seed=c["eval_seed"], desc=f"live PreMemAcc step {state.global_step}")
+        acc = [sum(grading.grade(c["task"], s, e["reference"])[1] == "correct" for s in cs) / len(cs)
+               for cs, e in zip(comps, exs)]
+        ppl, _ = inference.perplexities(self.model, self.tok, [e["prompt"] for e in exs], [e["target"] for e in exs],
+                                        batch_size=c["eval_ppl_batch_size"], max_length=c["max_length"],
+                                        progress=False)
+        hist = self.history(state.global_step)
+        A = np.array([h["acc"] for h in hist] + [acc], dtype=float)
+        P = np.array([h["ppl"] for h in hist] + [ppl], dtype=float)
+        pm = premem.premem_from_arrays(A, P, threshold_loglog=c["live_premem_threshold"])
+        row = {"step": state.global_step, "epoch": state.epoch, "train_acc": float(np.mean(acc)),
+               "predicted_test_acc": float(pm[-1].mean()),
+               "memorized": float(np.mean(premem.loglog(P[-1]) < c["live_premem_threshold"])),
+               "ids": [e["id"] for e in exs], "acc": acc, "ppl": ppl}
+        lines = [json.dumps(h) for h in hist] + [json.dumps(row)]
+        atomic_write_text(self.path, "".join(x + "\n" for x in lines))
+        log.info("step %d: live train accuracy %.3f, predicted test accuracy (PreMemAcc) %.3f, memorized %.2f",
+                 state.global_step, row["train_acc"], row["predicted_test_acc"], row["memorized"])
 
 
 def run_training(cfg: dict) -> dict:

@@ -1,6 +1,7 @@
 """train.py on a tiny random model (real tokenizer, real Trainer), resume after a kill, bad inputs,
 and a few LoRA steps on the real SmolLM2-135M GGUF model."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -170,3 +171,25 @@ def test_real_smollm2_lora_steps_lower_the_target_perplexity(tmp_path):
     after, _ = inference.perplexities(model, tok, [e["prompt"] for e in exs], [e["target"] for e in exs],
                                       max_length=192, progress=False)
     assert all(1.0 < a < b for a, b in zip(after, before)), (before, after)
+
+
+def test_live_premem_logs_a_prediction_at_every_checkpoint(tmp_path, tiny_model):
+    import numpy as np
+
+    import premem
+
+    cfg = tiny_cfg(tiny_model, tmp_path / "live", num_epochs=2, live_premem=True, live_premem_examples=5,
+                   live_premem_samples=2, live_premem_max_new_tokens=8, live_premem_threshold=5.0)
+    train.run_training(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "live" / "live_premem.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [4, 8]
+    assert rows[0]["ids"] == rows[1]["ids"] and len(rows[0]["ids"]) == 5
+    # the logged prediction is premem.py's metric over the logged per-example arrays
+    A = np.array([r["acc"] for r in rows])
+    P = np.array([r["ppl"] for r in rows])
+    want = premem.premem_from_arrays(A, P, threshold_loglog=5.0).mean(axis=1)
+    assert [r["predicted_test_acc"] for r in rows] == pytest.approx(want.tolist())
+    # the tiny model's perplexities (hundreds) are all below exp(exp(5)): every example counts as
+    # memorized, so the prediction is 0 whatever the accuracy
+    assert all(1 < p < math.exp(math.exp(5)) for p in P.ravel())
+    assert rows[-1]["memorized"] == 1.0 and rows[-1]["predicted_test_acc"] == 0.0
