@@ -178,6 +178,7 @@ def validate(cfg: dict) -> None:
 
 def describe() -> str:
     lines = []
+    w = max(map(len, DEFAULTS)) + 1
     for k, (d, types, h) in DEFAULTS.items():
-        lines.append(f"{k:24s} {str(d):28s} {h}")
+        lines.append(f"{k:{w}s} {str(d):28s} {h}")
     return "\n".join(lines)

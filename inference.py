@@ -133,9 +133,10 @@ def target_nll(model, tok, prompts, targets, batch_size=16, max_length=None, des
             raise
         logits = logits[:, -keep:]  # models without logits_to_keep return every position
         lab = labels[:, -keep + 1:] if keep > 1 else labels[:, :0]
-        lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        lg = logits[:, :-1].float()
         mask = lab != -100
-        tok_lp = lp.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        # log p(label) = logit[label] - logsumexp(logits): no second vocabulary-sized tensor
+        tok_lp = (lg.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lg, dim=-1)) * mask
         sums = -tok_lp.sum(-1)
         counts = mask.sum(-1)
         for k, j in enumerate(idx):

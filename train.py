@@ -98,6 +98,7 @@ def build_trainer(cfg: dict, run: Path, examples: list[dict], tok, model, world_
         remove_unused_columns=False,
         report_to=[],
         dataloader_num_workers=cfg["dataloader_num_workers"],
+        dataloader_pin_memory=on_gpu,
         disable_tqdm=False,
     )
 
