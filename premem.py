@@ -1231,6 +1231,11 @@ def build_parser() -> argparse.ArgumentParser:
     ip.add_argument("out", type=Path, metavar="OUT")
     ip.add_argument("--model", default=None, help=f"model name for config.yaml (default {DEFAULT_MODEL})")
     ip.add_argument("--force", action="store_true", help="rewrite existing files")
+    import priors  # noqa: E402 - robustness (Figures 6-7) and prior metrics (Figure 5) live in their own modules
+    import robustness  # noqa: E402
+
+    robustness.add_parser(sub)
+    priors.add_parser(sub)
     return ap
 
 
@@ -1251,8 +1256,10 @@ def main(argv=None) -> int:
                 figures=not args.no_figures,
                 fig3_run=args.fig3_run,
             )
-        else:
+        elif args.cmd == "import-published":
             import_published(args.src, args.out, model=args.model, force=args.force)
+        else:
+            args.func(args)  # robustness, priors
     except (PremError, FileNotFoundError, ValueError) as e:
         print(f"premem.py {args.cmd}: error: {e}", file=sys.stderr)
         return 2
@@ -1260,4 +1267,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("premem", sys.modules[__name__])  # robustness.py/priors.py share this module's classes
     sys.exit(main())

@@ -1,0 +1,232 @@
+"""priors.py (premem.py priors): distance from initialization against merged weights, gradient variance,
+the ATC threshold fit, the per-checkpoint cache and Figure 5's table, on the tiny model."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+import data
+import evaluate
+import models
+import premem
+import priors
+import records
+from conftest import tiny_cfg
+
+
+def _randomize_lora(model, seed, scale=0.05):
+    """A trained-looking adapter: PEFT initializes B = 0, so give A and B random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+
+
+def _save_adapter(cfg, folder, seed):
+    model = models.add_lora(models.load_base_model(cfg), cfg)
+    _randomize_lora(model, seed)
+    model.save_pretrained(folder)
+    return folder
+
+
+def _merged_sq_diff(cfg, ckpt):
+    base = {k: v.clone() for k, v in models.load_base_model(cfg).state_dict().items()}
+    merged = models.load_checkpoint(cfg, ckpt).merge_and_unload().state_dict()
+    assert set(merged) == set(base)
+    return sum(float(((merged[k].double() - base[k].double()) ** 2).sum()) for k in base)
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny_model, tmp_path_factory):
+    return tiny_cfg(tiny_model, tmp_path_factory.mktemp("run") / "run", lora_r=4, lora_alpha=8)
+
+
+def test_lora_distance_equals_merged_weight_difference(cfg, tmp_path):
+    ckpt = _save_adapter(cfg, tmp_path / "ckpt", seed=1)
+    expected = _merged_sq_diff(cfg, ckpt)
+    assert expected > 1e-3
+    assert priors.lora_distance(ckpt) == pytest.approx(expected, rel=1e-5)
+    # rsLoRA scales by alpha / sqrt(r): a 4x larger squared change at r = 4, PEFT's merge agrees
+    acfg = json.loads((ckpt / "adapter_config.json").read_text())
+    acfg["use_rslora"] = True
+    (ckpt / "adapter_config.json").write_text(json.dumps(acfg))
+    rs = _merged_sq_diff(cfg, ckpt)
+    assert rs == pytest.approx(4 * expected, rel=1e-5)
+    assert priors.lora_distance(ckpt) == pytest.approx(rs, rel=1e-5)
+    # the full-finetuning path (lora_r = 0) on the same merged weights
+    merged = models.load_checkpoint(cfg, ckpt).merge_and_unload()
+    assert priors.full_distance(merged, models.load_base_model(cfg)) == pytest.approx(rs, rel=1e-5)
+
+
+def test_lora_distance_rejects_a_folder_without_adapter(tmp_path):
+    with pytest.raises(FileNotFoundError, match="adapter_config.json"):
+        priors.lora_distance(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def lora_model(cfg):
+    tok = models.load_tokenizer(cfg["model"])
+    model = models.add_lora(models.load_base_model(cfg), cfg)
+    _randomize_lora(model, seed=3)
+    return tok, model, data.train_examples(cfg)
+
+
+def test_gradient_variance_of_identical_minibatches_is_zero(lora_model, cfg):
+    tok, model, exs = lora_model
+    model.train()  # lora_dropout = 0.1: gradient_variance must switch it off
+    assert priors.gradient_variance(model, tok, [exs[:3]] * 5, cfg["max_length"], micro_batch_size=2) == 0.0
+    assert model.training  # mode restored
+
+
+def test_gradient_variance_equals_direct_computation(lora_model, cfg):
+    tok, model, exs = lora_model
+    batches = priors.minibatches(exs, 5, 3, seed=0)
+    assert len({tuple(e["id"] for e in b) for b in batches}) == 5
+    got = priors.gradient_variance(model, tok, batches, cfg["max_length"], micro_batch_size=2)
+    # direct: one HF forward per whole minibatch (its mean token loss), all 5 gradients stacked
+    model.eval()
+    coll = data.Collator(tok.pad_token_id)
+    flat = []
+    for b in batches:
+        model.zero_grad()
+        enc = coll([data.encode(tok, e["prompt"], e["target"], cfg["max_length"]) for e in b])
+        model(**enc).loss.backward()
+        flat.append(torch.cat([p.grad.flatten().double() for p in model.parameters() if p.requires_grad]))
+    model.zero_grad()
+    expected = float(torch.stack(flat).var(dim=0, unbiased=False).mean())
+    assert expected > 0
+    assert got == pytest.approx(expected, rel=1e-4)
+
+
+def test_atc_threshold_reproduces_reference_accuracy():
+    rng = np.random.default_rng(0)
+    scores = rng.random(200)
+    for acc in (0.0, 0.005, 0.37, 0.5, 0.995, 1.0):
+        t = priors.atc_fit_threshold(scores, acc)
+        assert priors.atc_predict(scores, t) == pytest.approx(acc)
+    t = priors.atc_fit_threshold(scores, 0.37)
+    other = rng.random(1000) * 1.2
+    assert priors.atc_predict(other, t) == pytest.approx(float((other > t).mean()))
+    assert np.quantile(scores, 0.63) == pytest.approx(t, abs=0.02)
+    # an accuracy between two achievable fractions rounds to the nearest one
+    t = priors.atc_fit_threshold([0.1, 0.2, 0.3], 0.6)
+    assert priors.atc_predict([0.1, 0.2, 0.3], t) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="accuracy"):
+        priors.atc_fit_threshold(scores, 1.5)
+
+
+# ----------------------------------------------------------------------------- the command on tiny runs
+
+
+def _record_rows(ids, step, split, accs, ppl):
+    return [{"id": i, "step": step, "epoch": step / 2, "split": split, "variant": "original", "samples": ["x", "y"],
+             "answers": ["1", "2"], "outcomes": ["correct" if a >= 0.5 else "incorrect", "correct" if a == 1 else "incorrect"],
+             "accuracy": a, "perplexity": ppl if split == "train" else math.nan, "target_tokens": 5}
+            for i, a in zip(ids, accs)]
+
+
+def make_tiny_run(cfg, folder, lr, train_acc, test_acc, train_lik, test_lik, seed):
+    """A run folder with 2 real LoRA checkpoints of the tiny model and hand-made records."""
+    rc = dict(cfg, run_dir=str(folder), learning_rate=lr)
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(rc))
+    train_ids = [e["id"] for e in data.train_examples(rc)]
+    (folder / "subset_ids.json").write_text(json.dumps(train_ids))
+    test_ids = [f"gsm8k/test/{k}" for k in range(len(test_lik[0]))]
+    for k, step in enumerate((2, 4)):
+        ck = _save_adapter(rc, folder / f"checkpoint-{step}", seed=seed + k)
+        records.atomic_write_json(ck / ".complete", {"step": step, "epoch": float(k + 1)})
+        ids = train_ids[: len(train_lik[k])]
+        records.write_records(records.record_path(folder, step, "train"), _record_rows(ids, step, "train", train_acc[k], 3.0))
+        records.write_records(records.record_path(folder, step, "test"), _record_rows(test_ids, step, "test", test_acc[k], 0))
+        for split, lik, ii in (("train", train_lik[k], ids), ("test", test_lik[k], test_ids)):
+            records.atomic_write_parquet(evaluate.greedy_path(folder, step, split), pd.DataFrame(
+                {"id": ii, "step": step, "split": split, "text": "t", "answer": "1", "outcome": "correct",
+                 "likelihood": lik, "tokens": 5}))
+    return folder
+
+
+def test_priors_command_writes_fig5_table_and_caches(cfg, tmp_path, capsys):
+    # reference run a: test acc 0.5 at its last checkpoint, test likelihoods 0.1..0.8 -> threshold 0.45
+    a = make_tiny_run(cfg, tmp_path / "a", 1e-3, [[0, 1, 1, 0], [1, 1, 1, 0]], [[0] * 8, [1] * 4 + [0] * 4],
+                      [[0.2, 0.5, 0.6, 0.9], [0.3, 0.5, 0.7, 0.9]], [[0.1] * 8, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]],
+                      seed=10)
+    b = make_tiny_run(cfg, tmp_path / "b", 1e-4, [[0, 0, 1, 0], [1, 0, 1, 0]], [[0] * 8, [1] + [0] * 7],
+                      [[0.1, 0.2, 0.3, 0.46], [0.4, 0.44, 0.5, 0.99]], [[0.5] * 8, [0.5] * 8], seed=20)
+    out = tmp_path / "out"
+    argv = ["priors", str(a), str(b), "--out", str(out), "--threshold-ppl", "1.5", "--grad-batch-size", "2"]
+    assert premem.main(argv) == 0
+    res = json.loads((out / "priors.json").read_text())
+    assert res["atc"]["reference_run"] == "a" and res["atc"]["reference_step"] == 4
+    assert res["atc"]["threshold"] == pytest.approx(0.45)
+    assert res["atc"]["reference_fraction_above"] == pytest.approx(0.5)
+    pts = pd.read_csv(out / "priors.csv")
+    assert list(zip(pts["run"], pts["step"])) == [("a", 2), ("a", 4), ("b", 2), ("b", 4)]
+    np.testing.assert_allclose(pts["train_acc"], [0.5, 0.75, 0.25, 0.5])
+    np.testing.assert_allclose(pts["test_acc"], [0.0, 0.5, 0.0, 0.125])
+    np.testing.assert_allclose(pts["gap"], [0.5, 0.25, 0.25, 0.375])
+    np.testing.assert_allclose(pts["atc_pred_test_acc"], [0.75, 0.75, 0.25, 0.5])  # train likelihoods > 0.45
+    np.testing.assert_allclose(pts["atc_gap"], pts["train_acc"] - pts["atc_pred_test_acc"])
+    # perplexity 3 > 1.5 everywhere: nothing memorized, PreMemAcc = train accuracy at each checkpoint
+    np.testing.assert_allclose(pts["premem_gap"], 0.0)
+    for run, step, seed in (("a", 2, 10), ("a", 4, 11), ("b", 2, 20), ("b", 4, 21)):
+        ck = tmp_path / run / f"checkpoint-{step}"
+        d = pts.loc[(pts["run"] == run) & (pts["step"] == step), "distance_from_init"].item()
+        assert d == pytest.approx(priors.lora_distance(ck)) and d > 0
+    assert (pts["grad_variance"] > 0).all()
+    # the second checkpoint's value (its adapter loaded after the first one was unloaded) equals a fresh
+    # computation on that adapter alone, over the same seeded minibatches
+    from peft import PeftModel
+
+    rc = records.read_run_config(a)
+    fresh = PeftModel.from_pretrained(models.load_base_model(rc), str(a / "checkpoint-4"), is_trainable=True)
+    batches = priors.minibatches(data.train_examples(rc), 5, 2, seed=0)
+    want = priors.gradient_variance(fresh, models.load_tokenizer(rc["model"]), batches, rc["max_length"], 2)
+    assert pts.loc[1, "grad_variance"] == pytest.approx(want, rel=1e-6)
+    r = res["pearson_r_vs_gap"]
+    assert r["distance_from_init"]["pearson_r"] == pytest.approx(premem.pearson_r(pts["gap"], pts["distance_from_init"]))
+    assert r["atc_gap"]["n"] == 4
+    assert (out / "figures" / "fig5.png").stat().st_size > 1000 and (out / "figures" / "fig5.pdf").exists()
+    # cache: a rerun reads RUN/priors/step-*.json and recomputes nothing; --force recomputes
+    cache = sorted((tmp_path / "a" / "priors").glob("step-*.json"))
+    assert [c.name for c in cache] == ["step-000002.json", "step-000004.json"]
+    stamp = [c.stat().st_mtime_ns for c in cache]
+    assert premem.main(argv) == 0
+    assert [c.stat().st_mtime_ns for c in cache] == stamp
+    assert json.loads((out / "priors.json").read_text())["points"] == res["points"]
+    # other settings invalidate the cache; --force recomputes even with the same settings
+    assert premem.main(argv[:-1] + ["3", "--no-figures", "--no-grad-variance"]) == 0
+    assert all(c.stat().st_mtime_ns != s for c, s in zip(cache, stamp))
+    assert json.loads(cache[0].read_text())["settings"]["batch_size"] == 3
+    stamp = [c.stat().st_mtime_ns for c in cache]
+    assert premem.main(argv[:-1] + ["3", "--no-figures", "--no-grad-variance", "--force"]) == 0
+    assert all(c.stat().st_mtime_ns != s for c, s in zip(cache, stamp))
+
+
+def test_priors_errors_name_the_missing_files(cfg, tmp_path, capsys):
+    a = make_tiny_run(cfg, tmp_path / "a", 1e-3, [[0, 1], [1, 1]], [[0, 1], [1, 1]], [[0.2, 0.5], [0.3, 0.5]],
+                      [[0.1, 0.2], [0.3, 0.4]], seed=1)
+    for p in (a / "records").glob("greedy-*.test.parquet"):
+        p.unlink()
+    argv = ["priors", str(a), "--out", str(tmp_path / "o"), "--threshold", "-2", "--no-grad-variance"]
+    assert premem.main(argv + ["--atc-reference", "a"]) == 2
+    err = capsys.readouterr().err
+    assert "greedy-step-XXXXXX.test.parquet" in err and "evaluate.py" in err and "--greedy" in err
+    # without an explicit reference, ATC is left out with a warning and the rest is written
+    assert premem.main(argv) == 0
+    assert "ATC left out" in capsys.readouterr().err
+    res = json.loads((tmp_path / "o" / "priors.json").read_text())
+    assert res["atc"] is None and res["points"][0]["grad_variance"] is None
+    shutil.rmtree(a / "checkpoint-2")
+    shutil.rmtree(a / "checkpoint-4")
+    shutil.rmtree(a / "priors")
+    assert premem.main(argv) == 2
+    assert "no checkpoint has a checkpoint folder" in capsys.readouterr().err
