@@ -36,8 +36,8 @@ train accuracy - ATC prediction, and train accuracy - mean PreMemAcc (the thresh
 as they are.
 
 Per-checkpoint gradient variance and distance are cached in RUN/priors/step-XXXXXX.json (written
-atomically, with the settings they were computed with); a rerun with the same settings skips them,
---force recomputes. Outputs: DIR/priors.csv and DIR/priors.json (points, Pearson r per metric, ATC
+atomically, with the settings they were computed with); a rerun with the same settings skips them
+(--no-grad-variance reuses any cached distance), --force recomputes. Outputs: DIR/priors.csv and DIR/priors.json (points, Pearson r per metric, ATC
 threshold and reference) and DIR/figures/fig5.{png,pdf}.
 """
 from __future__ import annotations
@@ -280,6 +280,11 @@ def compute_run_priors(run_dir, *, n_batches=5, batch_size=None, seed=0, grad_va
             if c.get("settings") == settings:
                 out[step] = c
                 continue
+            if not grad_variance and c.get("distance_from_init") is not None:
+                # the distance does not depend on the settings; keep the file (it may hold a gradient
+                # variance computed with other settings) and report no gradient variance
+                out[step] = {**c, "grad_variance": None}
+                continue
         todo.append((step, epoch, folder))
     if not todo:
         return out
@@ -334,8 +339,10 @@ METRICS = (  # (column plotted on x, panel title)
 def _pick_run(runs, spec):
     if spec is None:
         return runs[0]
-    names = premem._match_runs(runs, [spec])
-    return next(r for r in runs if r.name in names)
+    for r in runs:
+        if spec in (r.name, r.path.name, str(r.path)) or (Path(spec).exists() and Path(spec).resolve() == r.path.resolve()):
+            return r
+    raise premem.PremError(f"--atc-reference {spec!r} is none of the runs given: " + ", ".join(r.name for r in runs))
 
 
 def fit_atc(ref: premem.RunData) -> dict:
@@ -450,7 +457,8 @@ def run_priors(run_dirs, out, *, atc_reference=None, threshold_args=None, n_batc
     result = premem._clean({
         "threshold_loglog": t, "threshold_ppl": premem.ppl_from_loglog(t), "threshold_source": source,
         "atc": atc, "pearson_r_vs_gap": corr,
-        "gradient_variance": {"n_batches": n_batches, "batch_size": batch_size, "seed": seed},
+        "gradient_variance": {"n_batches": n_batches, "batch_size": batch_size or "run's batch_size", "seed": seed,
+                              "computed": grad_variance},
         "n_runs": len(runs), "n_points": len(points), "points": points.to_dict(orient="records"),
         "files": ["priors.json", "priors.csv"],
     })

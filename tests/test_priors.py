@@ -202,13 +202,19 @@ def test_priors_command_writes_fig5_table_and_caches(cfg, tmp_path, capsys):
     assert premem.main(argv) == 0
     assert [c.stat().st_mtime_ns for c in cache] == stamp
     assert json.loads((out / "priors.json").read_text())["points"] == res["points"]
-    # other settings invalidate the cache; --force recomputes even with the same settings
+    # --no-grad-variance reuses the cached distance whatever the settings and leaves the files alone
     assert premem.main(argv[:-1] + ["3", "--no-figures", "--no-grad-variance"]) == 0
+    assert [c.stat().st_mtime_ns for c in cache] == stamp
+    res2 = json.loads((out / "priors.json").read_text())
+    assert [p["distance_from_init"] for p in res2["points"]] == [p["distance_from_init"] for p in res["points"]]
+    assert all(p["grad_variance"] is None for p in res2["points"])
+    # --force recomputes; other settings invalidate the cache
+    assert premem.main(argv + ["--no-figures", "--no-grad-variance", "--force"]) == 0
     assert all(c.stat().st_mtime_ns != s for c, s in zip(cache, stamp))
-    assert json.loads(cache[0].read_text())["settings"]["batch_size"] == 3
-    stamp = [c.stat().st_mtime_ns for c in cache]
-    assert premem.main(argv[:-1] + ["3", "--no-figures", "--no-grad-variance", "--force"]) == 0
-    assert all(c.stat().st_mtime_ns != s for c, s in zip(cache, stamp))
+    assert json.loads(cache[0].read_text())["settings"]["grad_variance"] is False
+    assert premem.main(argv + ["--no-figures"]) == 0
+    res3 = json.loads((out / "priors.json").read_text())
+    assert [p["grad_variance"] for p in res3["points"]] == [p["grad_variance"] for p in res["points"]]
 
 
 def test_priors_errors_name_the_missing_files(cfg, tmp_path, capsys):
@@ -217,7 +223,9 @@ def test_priors_errors_name_the_missing_files(cfg, tmp_path, capsys):
     for p in (a / "records").glob("greedy-*.test.parquet"):
         p.unlink()
     argv = ["priors", str(a), "--out", str(tmp_path / "o"), "--threshold", "-2", "--no-grad-variance"]
-    assert premem.main(argv + ["--atc-reference", "a"]) == 2
+    assert premem.main(argv + ["--atc-reference", "zzz"]) == 2
+    assert "--atc-reference 'zzz' is none of the runs given: a" in capsys.readouterr().err
+    assert premem.main(argv + ["--atc-reference", str(a)]) == 2
     err = capsys.readouterr().err
     assert "greedy-step-XXXXXX.test.parquet" in err and "evaluate.py" in err and "--greedy" in err
     # without an explicit reference, ATC is left out with a warning and the rest is written
