@@ -20,6 +20,13 @@ scaling  SFT data scaling: one run per fraction of the train set (nested seeded 
          checkpoint; fits accuracy = a * log2(n) + b and writes OUT/scaling.{json,png,pdf}. Finished
          runs and existing records are skipped.
 
+select   P'(x) from a trained run: --strategy premem (PreMemAcc < --t), iid, ifd, heuristic (curation.py).
+collect  N' new examples derived from a selection: --collector pool (--pool FILE.jsonl | holdout) or
+         rephrase (OpenAI-compatible endpoint or local HF model; cached, retried, rate-limited).
+algo1    Algorithm 1: --rounds n of train, evaluate, PreMemAcc, choose P', collect N'; OUT/round-K/.
+fig8     Figure 8: algo1 per strategy (shared round 0), test accuracy vs examples, iid/premem ratio.
+         See curation.py's docstring and `python curate.py COMMAND --help`.
+
 Train on RFT data with train.py unchanged: train_file: FILE.jsonl, train_file_mode: replace (the file
 already holds every original solution), e.g. configs/rft_demo.yaml, configs/rft_gsm8k_llama3_8b.yaml.
 """
@@ -385,6 +392,9 @@ SUBCOMMANDS = {
     "rft": (add_rft_parser, cmd_rft),
     "scaling": (add_scaling_parser, cmd_scaling),
 }
+import curation  # noqa: E402  Algorithm 1: select, collect, algo1, fig8 (curation.py)
+
+SUBCOMMANDS.update(curation.SUBCOMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,355 @@
+"""curation.py (curate.py select/collect/algo1/fig8): each strategy's P'(x) on synthetic records with hand-
+computed ids, the pool collector's draws, the rephrase collector against a real HTTP server on
+127.0.0.1, Algorithm 1's round-level resume on the tiny model, and the Figure 8 ratio."""
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+import curate
+import curation
+import data as data_mod
+import records
+from conftest import DEMO_DATA, tiny_cfg
+
+# ----------------------------------------------------------------------------- synthetic run
+
+
+def _record(i, step, acc, ppl, split="train"):
+    n = 4
+    k = round(acc * n)
+    outs = ["correct"] * k + ["incorrect"] * (n - k)
+    return {"id": i, "step": step, "epoch": step / 4, "split": split, "variant": "original", "samples": ["x"] * n,
+            "answers": ["1"] * n, "outcomes": outs, "accuracy": k / n, "perplexity": ppl, "target_tokens": 10}
+
+
+# (acc at steps 4, 8), (ppl at steps 4, 8), PreMemAcc with loglog threshold -2.3 (ppl 1.1055)
+SYNTH = {
+    "gsm8k/train/0": ((1.0, 1.0), (2.0, 2.0)),     # 1.0: learned robustly
+    "gsm8k/train/1": ((0.0, 1.0), (2.0, 1.01)),    # 0.0: right only once memorized
+    "gsm8k/train/2": ((1.0, 0.5), (2.0, 2.0)),     # min(1, 0.5) = 0.5
+    "gsm8k/train/3": ((1.0, 0.75), (3.0, 3.0)),    # min(1, 0.75) = 0.75: not below t = 0.75
+    "gsm8k/train/4": ((1.0, 1.0), (1.05, 1.05)),   # 0.0: memorized at every checkpoint
+    "gsm8k/train/5": ((0.5, 1.0), (1.5, 1.05)),    # max(0.5, 0) = 0.5
+    "curated/premem/r1/c0": ((0.0, 0.0), (2.0, 2.0)),  # 0.0, derives from gsm8k/train/10
+}
+
+
+def synthetic_run(tmp_path) -> Path:
+    run = tmp_path / "run"
+    (run / "records").mkdir(parents=True)
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"id": "curated/premem/r1/c0", "question": "Q?", "answer": "a\nb\n#### 3",
+                                 "source_id": "gsm8k/train/10", "round": 1}) + "\n")
+    cfg = tiny_cfg("unused-model", run, train_file=str(extra), train_file_mode="append")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (run / "subset_ids.json").write_text(json.dumps(list(SYNTH)))
+    for k, step in enumerate((4, 8)):
+        rows = [_record(i, step, a[k], p[k]) for i, (a, p) in SYNTH.items()]
+        records.write_records(records.record_path(run, step, "train"), rows)
+    return run
+
+
+def test_premem_and_iid_selection_on_synthetic_records(tmp_path):
+    run = synthetic_run(tmp_path)
+    exs = curation.run_train_examples(run)
+    pm = curation.premem_scores(run, mem_threshold=-2.3)
+    assert pm == pytest.approx({"gsm8k/train/0": 1.0, "gsm8k/train/1": 0.0, "gsm8k/train/2": 0.5,
+                                "gsm8k/train/3": 0.75, "gsm8k/train/4": 0.0, "gsm8k/train/5": 0.5,
+                                "curated/premem/r1/c0": 0.0})
+    sel = curation.select_ids("premem", exs, "gsm8k", premem=pm, t=0.75)
+    assert sel["selected"] == ["gsm8k/train/1", "gsm8k/train/2", "gsm8k/train/4", "gsm8k/train/5",
+                               "curated/premem/r1/c0"]
+    # a curated row makes its source eligible
+    assert sel["sources"] == ["gsm8k/train/1", "gsm8k/train/2", "gsm8k/train/4", "gsm8k/train/5",
+                              "gsm8k/train/10"]
+    assert curation.select_ids("premem", exs, "gsm8k", premem=pm, t=0.5)["selected"] == [
+        "gsm8k/train/1", "gsm8k/train/4", "curated/premem/r1/c0"]
+    iid = curation.select_ids("iid", exs, "gsm8k")
+    assert iid["selected"] == list(SYNTH) and len(iid["sources"]) == 7
+    # the CLI writes the same selection
+    out = tmp_path / "sel.json"
+    assert curate.main(["select", str(run), "--strategy", "premem", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["selected"] == sel["selected"]
+    # PreMemAcc missing for an example is an error, not a silent skip
+    with pytest.raises(curation.CurationError, match="no PreMemAcc for 1"):
+        curation.select_ids("premem", exs, "gsm8k", premem={k: v for k, v in pm.items() if k != "gsm8k/train/3"})
+
+
+def _ex(i, sol="", level=None):
+    return {"id": f"x/{i}", "question": f"q{i}", "solution": sol, "level": level, "prompt": "", "target": ""}
+
+
+def test_heuristic_and_ifd_selection_exact_ids():
+    lines = [3, 1, 4, 1, 5, 9, 2, 6]
+    exs = [_ex(i, "\n".join(["step"] * (n - 1) + [f"#### {i}"])) for i, n in enumerate(lines)]
+    sel = curation.select_ids("heuristic", exs, "gsm8k")  # top 50% by number of lines
+    assert sel["selected"] == ["x/2", "x/4", "x/5", "x/7"] and sel["fraction"] == 0.5
+    levels = [1, 3, 2, 3, 1, 2, 3, 1]
+    mexs = [_ex(i, "s", lv) for i, lv in enumerate(levels)]
+    # top 75% = 6 of 8 by level; the level-1 tie keeps the first (x/0)
+    assert curation.select_ids("heuristic", mexs, "math")["selected"] == ["x/0", "x/1", "x/2", "x/3", "x/5", "x/6"]
+    ifd = {f"x/{i}": s for i, s in enumerate([0.9, 1.2, 0.3, 1.1, 0.95, 0.2, 1.0, 0.99])}
+    assert curation.select_ids("ifd", exs, "gsm8k", ifd=ifd)["selected"] == ["x/1", "x/3", "x/6", "x/7"]
+    assert curation.select_ids("ifd", exs, "math", ifd=ifd)["selected"] == ["x/0", "x/1", "x/3", "x/4", "x/6",
+                                                                           "x/7"]
+    assert curation.top_fraction(["a", "b", "c", "d"], {"a": 1, "b": 2, "c": 2, "d": 1}, 0.75) == ["a", "b", "c"]
+    with pytest.raises(curation.CurationError, match="unknown strategy"):
+        curation.select_ids("random", exs, "gsm8k")
+
+
+def test_ifd_scores_are_the_perplexity_ratio_and_cached(tmp_path, tiny_model):
+    import inference
+    import models
+
+    cfg = tiny_cfg(tiny_model, tmp_path / "r")
+    exs = data_mod.load_split("gsm8k", str(DEMO_DATA), "train")[:4]
+    cache = tmp_path / "ifd.jsonl"
+    got = curation.ifd_scores(exs, cfg, None, cache)
+    tok = models.load_tokenizer(str(tiny_model))
+    model = models.load_base_model(cfg).eval()
+    cond, _ = inference.perplexities(model, tok, [e["prompt"] for e in exs], [e["target"] for e in exs], progress=False)
+    assert curation._bos_prompt(tok) == ""  # the tiny tokenizer adds <s> itself
+    unc, _ = inference.perplexities(model, tok, [""] * 4, [e["target"] for e in exs], progress=False)
+    for e, c, u in zip(exs, cond, unc):
+        assert got[e["id"]] == pytest.approx(c / u, rel=1e-4)
+        assert c != pytest.approx(u, rel=1e-3)  # the question changes the perplexity
+    # a second call is answered from the cache: no model is loaded
+
+    def boom():
+        raise AssertionError("model loaded although every score is cached")
+
+    assert curation.ifd_scores(exs, cfg, None, cache, loader=boom) == got
+
+
+# ----------------------------------------------------------------------------- pool collector
+
+
+def test_pool_collector_never_draws_outside_p_prime_nor_twice():
+    pool = [{"id": f"c{j}", "source_id": f"gsm8k/train/{j % 10}", "question": "q", "answer": "#### 1"}
+            for j in range(60)]
+    eligible = {"gsm8k/train/1", "gsm8k/train/4", "gsm8k/train/7"}  # 18 candidates
+    used, drawn = set(), []
+    for rnd in range(5):
+        rows, st = curation.pool_collect(pool, eligible, 5, used, seed=rnd)
+        assert all(r["source_id"] in eligible for r in rows)
+        assert not {r["id"] for r in rows} & used
+        used |= {r["id"] for r in rows}
+        drawn += rows
+    assert len(drawn) == len(used) == 18  # every eligible candidate once, then nothing left
+    assert st == {"eligible": 0, "drawn": 0, "wanted": 5, "shortfall": 5}
+    a, _ = curation.pool_collect(pool, eligible, 6, seed=3)
+    b, _ = curation.pool_collect(pool, eligible, 6, seed=3)
+    c, _ = curation.pool_collect(pool, eligible, 6, seed=4)
+    assert a == b and a != c  # seeded
+
+
+def test_pool_file_and_holdout_pool(tmp_path):
+    split = data_mod.load_split("gsm8k", str(DEMO_DATA), "train")
+    q3 = "  " + split[3]["question"].replace(" ", "   ") + " "
+    p = tmp_path / "pool.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "a", "source_id": "gsm8k/train/1", "question": "Q1", "answer": "s\n#### 5"},
+        {"source_question": q3, "question": "Q3", "answer": "#### 7"},
+        {"query": "Q9?", "response": "Add them. The answer is: 12", "original_question": split[9]["question"],
+         "type": "GSM_Rephrased"},
+        {"query": "Q?", "response": "x. The answer is: 1", "original_question": "not in the data"},
+    ]) + "\n")
+    rows = curation.load_pool(p, "gsm8k", split)
+    assert [(r["id"], r["source_id"]) for r in rows] == [("a", "gsm8k/train/1"), ("pool/2", "gsm8k/train/3"),
+                                                         ("pool/3", "gsm8k/train/9")]
+    assert rows[2]["answer"] == "Add them.\n#### 12"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"question": "Q", "answer": "#### 1", "source_id": "gsm8k/train/1"}) + "\n"
+                   + json.dumps({"question": "Q", "answer": "#### 1"}) + "\n")
+    with pytest.raises(curation.CurationError, match=r"bad.jsonl, line 2: a pool row needs source_id"):
+        curation.load_pool(bad, "gsm8k", split)
+    bad.write_text(json.dumps({"question": "Q", "answer": "#### 1", "source_id": "gsm8k/train/99999"}) + "\n")
+    with pytest.raises(curation.CurationError, match=r"line 1: source_id 'gsm8k/train/99999' is not"):
+        curation.load_pool(bad, "gsm8k", split)
+    # offline pool: the train split minus the seed set, each row's source its nearest seed question
+    seed_ids = [e["id"] for e in split[:10]]
+    near = dict(split[50])
+    near["id"], near["question"] = "copy", split[4]["question"] + " Please."
+    hold = curation.holdout_pool(split[:40] + [near], seed_ids, "gsm8k")
+    assert len(hold) == 31 and not {r["id"] for r in hold} & set(seed_ids)
+    assert all(r["source_id"] in seed_ids for r in hold)
+    assert next(r for r in hold if r["id"] == "copy")["source_id"] == "gsm8k/train/4"
+    assert len(curation.holdout_pool(split[:40], seed_ids, "gsm8k", size=7)) == 7
+
+
+# ----------------------------------------------------------------------------- rephrase collector
+
+
+class StubChat(BaseHTTPRequestHandler):
+    """OpenAI chat-completions stub: rephrases by prefixing, solves with the right answer except for
+    questions in `wrong`, and answers the very first request with 429."""
+
+    requests: list = []
+    answers: dict = {}
+    wrong: set = set()
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body,
+                                    "t": time.monotonic()})
+        if len(type(self).requests) == 1:
+            self.send_response(429)
+            self.send_header("Retry-After", "0")
+            self.end_headers()
+            self.wfile.write(b'{"error": "rate limited"}')
+            return
+        user = body["messages"][-1]["content"]
+        q = user.split("Problem:\n", 1)[1].split("\n\nReply exactly", 1)[0]
+        ans = "999" if q in self.wrong else self.answers[q]
+        content = f"Question: In other words: {q}\nSolution: Work it out.\n#### {ans}"
+        out = json.dumps({"id": "cmpl-1", "object": "chat.completion", "model": body["model"],
+                          "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                                       "finish_reason": "stop"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture
+def stub_server(monkeypatch):
+    StubChat.requests = []
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), StubChat)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{srv.server_address[1]}/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.setenv("CURATE_REPHRASE_MODEL", "stub-model")
+    yield StubChat
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_rephrase_collector_against_local_http_server(tmp_path, stub_server):
+    srcs = data_mod.load_split("gsm8k", str(DEMO_DATA), "train")[:3]
+    stub_server.answers = {e["question"]: e["reference"] for e in srcs}
+    stub_server.wrong = {srcs[1]["question"]}
+    cache_path = tmp_path / "cache.jsonl"
+    chat = curation.OpenAIChat(rpm=1200, backoff=0.01)
+    rows, st = curation.rephrase_collect(chat, curation.ResponseCache(cache_path), srcs, 10, "gsm8k", seed=0,
+                                         max_attempts=6, progress=False)
+    reqs = stub_server.requests
+    # 6 attempts (2 per source) + 1 retry after the 429; 10 wanted, 4 kept
+    assert st["requests"] == 6 and st["accepted"] == 4 and st["rejected_wrong"] == 2 and len(reqs) == 7
+    assert st["shortfall"] == 6
+    assert all(r["path"] == "/v1/chat/completions" and r["auth"] == "Bearer test-key" for r in reqs)
+    assert all(r["body"]["model"] == "stub-model" and r["body"]["messages"][0]["role"] == "system" for r in reqs)
+    assert reqs[1]["body"] == reqs[0]["body"]  # the retried request is the same request
+    assert reqs[-1]["t"] - reqs[0]["t"] >= 6 * 0.05 - 0.01  # 1200 per minute: 50 ms apart
+    assert {r["source_id"] for r in rows} == {srcs[0]["id"], srcs[2]["id"]}  # the wrong answers are rejected
+    for r in rows:
+        src = next(e for e in srcs if e["id"] == r["source_id"])
+        assert r["question"] == "In other words: " + src["question"]
+        assert r["answer"].endswith(f"#### {src['reference']}")
+    assert len(cache_path.read_text().splitlines()) == 6
+    # a rerun is answered from the cache: not one request
+    chat2 = curation.OpenAIChat(rpm=1200, backoff=0.01)
+    rows2, st2 = curation.rephrase_collect(chat2, curation.ResponseCache(cache_path), srcs, 10, "gsm8k", seed=0,
+                                           max_attempts=6, progress=False)
+    assert rows2 == rows and st2["cached"] == 6 and st2.get("requests", 0) == 0
+    assert len(stub_server.requests) == 7 and chat2.requests == 0
+
+
+def test_rephrase_http_error_is_reported(stub_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens on port 9
+    chat = curation.OpenAIChat(max_retries=1, backoff=0.01)
+    with pytest.raises(curation.CurationError, match="127.0.0.1:9/v1/chat/completions"):
+        chat([{"role": "user", "content": "hi"}])
+
+
+# ----------------------------------------------------------------------------- Algorithm 1 resume
+
+
+def test_algorithm1_resumes_at_round_granularity(tmp_path, tiny_model, monkeypatch):
+    import train
+
+    cfg = tiny_cfg(tiny_model, tmp_path / "unused", max_train_examples=4, batch_size=2, micro_batch_size=2,
+                   num_epochs=1, eval_base_model=False, eval_samples=1, eval_max_new_tokens=8,
+                   eval_test_examples=2, max_length=256)
+    seed = data_mod.train_examples(cfg)
+    split = data_mod.load_split("gsm8k", str(DEMO_DATA), "train")
+    pool = curation.holdout_pool(split, [e["id"] for e in seed], "gsm8k", size=30)
+    trained = []
+
+    def train_fn(c):
+        trained.append((c["run_dir"], (Path(c["run_dir"]) / "train_summary.json").exists()))
+        return train.run_training(c)
+
+    real_collect = curation.pool_collect
+    calls = []
+
+    def failing_collect(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise KeyboardInterrupt("interrupted in round 0")
+        return real_collect(*a, **k)
+
+    out = tmp_path / "algo1"
+    kw = dict(strategy="premem", rounds=1, n_new=2, pool=pool, pool_name="holdout", seed_examples=seed)
+    monkeypatch.setattr(curation, "pool_collect", failing_collect)
+    with pytest.raises(KeyboardInterrupt):  # round 0 interrupted after training and evaluation
+        curation.run_algorithm1(cfg, out, train_fn=train_fn, **kw)
+    assert (out / "round-0" / "run" / "train_summary.json").exists()
+    assert not (out / "round-0" / "done.json").exists() and not (out / "round-1").exists()
+    monkeypatch.setattr(curation, "pool_collect", real_collect)
+    summary0 = (out / "round-0" / "run" / "train_summary.json").stat().st_mtime_ns
+    records0 = sorted(p.name for p in (out / "round-0" / "run" / "records").iterdir())
+    trained.clear()
+    s = curation.run_algorithm1(cfg, out, train_fn=train_fn, **kw)
+    # round 0's finished training and records are reused, not redone; round 1 trains
+    assert [(Path(r).parent.name, done) for r, done in trained] == [("round-0", True), ("round-1", False)]
+    assert (out / "round-0" / "run" / "train_summary.json").stat().st_mtime_ns == summary0
+    assert sorted(p.name for p in (out / "round-0" / "run" / "records").iterdir()) == records0
+    assert [r["n_train"] for r in s["rounds"]] == [4, 6]
+    cur = data_mod.read_jsonl(out / "curated.jsonl")
+    assert len(cur) == 2 and len({r["candidate_id"] for r in cur}) == 2
+    assert {(r["round"], r["strategy"], r["collector"]) for r in cur} == {(1, "premem", "pool")}
+    sel = json.loads((out / "round-0" / "selection.json").read_text())
+    assert sel["selected"] and all(r["source_id"] in sel["sources"] for r in cur)
+    final = data_mod.load_extra_file(out / "round-1" / "train.jsonl", "gsm8k")
+    assert len(final) == 6 and sum("source_id" in e["meta"] for e in final) == 2
+    assert len(json.loads((out / "round-1" / "run" / "subset_ids.json").read_text())) == 6
+    # a third run skips every done round whole; other settings in the same folder are an error
+    trained.clear()
+    assert curation.run_algorithm1(cfg, out, train_fn=train_fn, **kw)["rounds"] == s["rounds"]
+    assert trained == []
+    with pytest.raises(curation.CurationError, match=r"n_new: \[2\] -> \[3\]"):
+        curation.run_algorithm1(cfg, out, train_fn=train_fn, **{**kw, "n_new": 3})
+
+
+# ----------------------------------------------------------------------------- Figure 8 ratio
+
+
+def test_sample_efficiency_ratio_and_figure(tmp_path):
+    ns = [100, 200, 400, 800]
+    iid = (ns, [0.2, 0.3, 0.4, 0.5])        # +0.1 per doubling
+    prem = (ns, [0.3, 0.4, 0.5, 0.6])       # the same curve with half the examples
+    assert curation.examples_needed(*iid, 0.45) == pytest.approx(400 * math.sqrt(2))
+    assert curation.examples_needed(*iid, 0.55) is None
+    r = curation.sample_efficiency_ratio(iid, prem)
+    assert r["geomean"] == pytest.approx(2.0) and [lv["ratio"] for lv in r["levels"]] == pytest.approx([2, 2])
+    assert r["at_final"] is None and r["lower_bound"] == pytest.approx(1.0)
+    prem3 = ([100, 300, 900], [0.2, 0.4, 0.5])  # premem reaches 0.5 at 900 (iid: 800)
+    assert curation.sample_efficiency_ratio(iid, prem3)["at_final"] == pytest.approx(800 / 900)
+    flat = curation.sample_efficiency_ratio((ns, [0] * 4), (ns, [0] * 4))
+    assert flat["at_final"] is None and flat["geomean"] is None and "undefined" in flat["note"]
+    res = {"task": "gsm8k", "model": "m", "curves": {s: [{"n_train": n, "test_accuracy": a} for n, a in zip(*c)]
+                                                    for s, c in (("iid", iid), ("premem", prem))},
+           "sample_efficiency_ratio": r}
+    paths = curation.plot_fig8(res, tmp_path / "fig8")
+    assert all(Path(p).stat().st_size > 1000 for p in paths) and paths[1].endswith(".pdf")
