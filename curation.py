@@ -874,13 +874,24 @@ def plot_fig8(res: dict, base: Path) -> list[str]:
         c, m = style.get(s, (None, "o"))
         ax.plot([p["n_train"] for p in pts], [p["test_accuracy"] for p in pts], marker=m, color=c,
                 label={"premem": "PreMemAcc (ours)", "iid": "i.i.d."}.get(s, s.upper() if s == "ifd" else s))
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     ax.set_xscale("log")
+    ns = sorted({p["n_train"] for pts in res["curves"].values() for p in pts})
+    ax.set_xticks(ns)
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    accs = [p["test_accuracy"] for pts in res["curves"].values() for p in pts]
+    ax.set_ylim(-0.02, max(0.1, max(accs, default=0) * 1.15))
     ax.set_xlabel("number of training examples")
     ax.set_ylabel("test accuracy")
     r = res.get("sample_efficiency_ratio") or {}
     val = r.get("at_final") or r.get("geomean")
-    ax.set_title(f"{res['task']}: {res['model'].split('/')[-1]}" +
-                 (f" | iid/premem examples = {val:.2f}x" if val else ""), fontsize=9)
+    ratio = (f"iid/premem examples = {val:.2f}x" if val else
+             f"iid/premem > {r['lower_bound']:.2f}x" if r.get("lower_bound") else
+             "ratio undefined" if r else "")
+    ax.set_title(f"{res['task']}: {res['model'].rstrip('/').split('/')[-1]}" + (f" | {ratio}" if ratio else ""),
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     paths = []

@@ -353,3 +353,18 @@ def test_sample_efficiency_ratio_and_figure(tmp_path):
            "sample_efficiency_ratio": r}
     paths = curation.plot_fig8(res, tmp_path / "fig8")
     assert all(Path(p).stat().st_size > 1000 for p in paths) and paths[1].endswith(".pdf")
+
+
+def test_cli_bad_input_names_the_problem(tmp_path, capsys):
+    out = tmp_path / "x.jsonl"
+    assert curate.main(["collect", "--selection", str(tmp_path / "nope.json"), "--n", "2", "--pool", "holdout",
+                        "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "curate.py collect: error: --selection" in err and "nope.json does not exist" in err
+    bad = tmp_path / "sel.json"
+    bad.write_text(json.dumps({"selected": []}))
+    assert curate.main(["collect", "--selection", str(bad), "--n", "2", "--pool", "holdout", "--out", str(out)]) == 2
+    assert f"{bad}: not a selection file (no key 'sources')" in capsys.readouterr().err
+    assert curate.main(["select", str(tmp_path), "--strategy", "premem", "--out", str(tmp_path / "s.json")]) == 2
+    assert "config.yaml" in capsys.readouterr().err
+    assert not out.exists()
