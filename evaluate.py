@@ -162,11 +162,11 @@ def resolve_opts(a, cfg):
 def run_evaluation(run_dir, argv=()) -> list[dict]:
     """Evaluate what is missing; returns the summary rows (step, split, variant, accuracy, n)."""
     import torch
-    from accelerate import PartialState
 
     import models
+    from train import dist_state
 
-    state = PartialState()
+    state = dist_state()
     run = Path(run_dir)
     cfg = records.read_run_config(run)
     for k, v in cfg.items():  # a hand-edited config.yaml gets the same checks as a config file
@@ -251,9 +251,9 @@ def main(argv=None):
     except (FileNotFoundError, config_mod.ConfigError, data_mod.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from accelerate import PartialState
+    from train import dist_state
 
-    if PartialState().is_main_process:
+    if dist_state().is_main_process:
         print(f"\n{'step':>6} {'epoch':>6} {'split':6} {'variant':13} {'accuracy':>8} {'n':>6} {'mean ppl':>9}")
         for r in summary:
             mp = f"{r['mean_perplexity']:.3f}" if r["mean_perplexity"] else "-"

@@ -32,6 +32,19 @@ NON_TRAINING_KEYS = {k for k in config_mod.DEFAULTS if k.startswith("eval_")} | 
     "dataloader_num_workers", "logging_steps", "save_every_steps"}
 
 
+def dist_state():
+    """accelerate's process state. On a machine without a GPU, `accelerate launch --multi_gpu
+    --num_processes N` (torchrun underneath) starts N CPU processes; PartialState only joins them into
+    one gloo process group when told cpu=True, otherwise each would train alone."""
+    import os
+
+    import torch
+    from accelerate import PartialState
+
+    cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=cpu) if cpu else PartialState()
+
+
 def complete_checkpoints(run_dir) -> list[Path]:
     """Checkpoints with the completion marker, sorted by step."""
     out = [p for p in Path(run_dir).glob("checkpoint-*") if (p / COMPLETE).exists()]
@@ -99,6 +112,7 @@ def build_trainer(cfg: dict, run: Path, examples: list[dict], tok, model, world_
         report_to=[],
         dataloader_num_workers=cfg["dataloader_num_workers"],
         dataloader_pin_memory=on_gpu,
+        use_cpu=not on_gpu and world_size > 1,  # CPU processes under accelerate launch: gloo (see dist_state)
         disable_tqdm=False,
     )
 
@@ -192,9 +206,7 @@ class LivePreMem(_live_callback_base()):
 
 def run_training(cfg: dict) -> dict:
     """Train (or resume, or skip when already done). Returns train_summary.json's content."""
-    from accelerate import PartialState
-
-    state = PartialState()
+    state = dist_state()
     run = Path(cfg["run_dir"])
     summary_path = run / "train_summary.json"
     if summary_path.exists():

@@ -176,7 +176,9 @@ def test_two_processes_give_the_same_records(trained_run, tmp_path):
 
     two = tmp_path / "two"
     shutil.copytree(trained_run, two, ignore=shutil.ignore_patterns("records"))
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+    # --multi_gpu, not --cpu: `--cpu` starts a single process; on a machine without a GPU, --multi_gpu starts
+    # 2 CPU processes (torchrun) that train.dist_state() joins with gloo
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            str(ROOT / "evaluate.py"), str(two), "--steps", "8"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
