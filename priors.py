@@ -411,7 +411,7 @@ def fig5(points: pd.DataFrame, corr: dict):
         r = corr[col]["pearson_r"]
         ax.set_title(f"{title}\nPearson r = {'n/a' if r is None or not np.isfinite(r) else f'{r:.3f}'}"
                      f" (n={corr[col]['n']})", fontsize=9)
-        ax.set_xlabel(title.split(":")[0])
+        ax.set_xlabel(f"predicted gap ({title.split(':')[0]})" if ":" in title else title)
         if col == "premem_gap":
             ax.set_facecolor("#f4f8ff")
     axes[0].set_ylabel("generalization gap (train acc - test acc)")

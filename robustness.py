@@ -287,7 +287,7 @@ def fig6(examples: list[dict], title: str):
             prompt = f"Answer:{var['suffix']}"
             body = textwrap.fill(" ".join(var["sample"].split())[:420], 58)
             ax.text(0, 1, head + f"[{var['variant']}] ...{prompt}\n" + body, va="top", ha="left", fontsize=6.5,
-                    family="monospace", transform=ax.transAxes)
+                    family="monospace", transform=ax.transAxes, parse_math=False)  # "$" is not mathtext
             ax.set_title(f"{var['variant']}: {'correct' if ok else var['outcome']} (acc {var['accuracy']:.2f})",
                          fontsize=8, color="#1a7f37" if ok else "#c0392b")
     fig.suptitle(title, fontsize=9)
