@@ -39,7 +39,7 @@ def _rows(ids, step, variant, accs, ppls):
         k = round(a * N)
         outcomes = ["correct"] * k + ["incorrect"] * (N - k)
         rows.append({"id": i, "step": step, "epoch": step / 10, "split": "train", "variant": variant,
-                     "samples": [f"{variant} sample {j} of {i}" + " = $7.07 #### 7.07 / 1 = $7.07" for j in range(N)],
+                     "samples": [f"{variant} {j} {i}: $7 #### 7 / 1 = $7" for j in range(N)],  # "$": no mathtext
                      "answers": ["1"] * N, "outcomes": outcomes, "accuracy": k / N,
                      "perplexity": p, "target_tokens": 10})
     return rows
@@ -104,7 +104,7 @@ def test_binning_table_spearman_and_outputs(tmp_path):
     assert ex6[0]["question"] == data.load_split("gsm8k", str(DEMO_DATA), "train")[1]["question"]
     assert [v["variant"] for v in ex6[0]["variants"]] == ["original", "first", "we_know_that"]
     assert [v["outcome"] for v in ex6[0]["variants"]] == ["correct", "incorrect", "correct"]
-    assert ex6[0]["variants"][1]["sample"] == "first sample 0 of gsm8k/train/1 = $7.07 #### 7.07 / 1 = $7.07"
+    assert ex6[0]["variants"][1]["sample"] == "first 0 gsm8k/train/1: $7 #### 7 / 1 = $7"
 
 
 def test_violins_have_the_bin_means_as_lines(tmp_path):
