@@ -37,8 +37,8 @@ as they are.
 
 Per-checkpoint gradient variance and distance are cached in RUN/priors/step-XXXXXX.json (written
 atomically, with the settings they were computed with); a rerun with the same settings skips them
-(--no-grad-variance reuses any cached distance), --force recomputes. Outputs: DIR/priors.csv and DIR/priors.json (points, Pearson r per metric, ATC
-threshold and reference) and DIR/figures/fig5.{png,pdf}.
+(--no-grad-variance reuses any cached distance), --force recomputes. Outputs: DIR/priors.csv and
+DIR/priors.json (points, Pearson r per metric, ATC threshold and reference), DIR/figures/fig5.{png,pdf}.
 """
 from __future__ import annotations
 
