@@ -15,10 +15,11 @@ rft      Rejection-sampling finetuning data (Yuan et al. 2023): k samples per tr
          default CACHE = RUN/rft_samples): a rerun, a smaller k or another pooling samples nothing, a
          larger k only the missing samples; an interrupted run resumes after its last question batch.
 scaling  SFT data scaling: one run per fraction of the train set (nested seeded subsets, config key
-         subset_fraction) under OUT/frac-<p>_<q>/ (OUT default: the config's run_dir), trained with
-         train.py's run_training and evaluated on the test split with evaluate.py at the last
-         checkpoint; fits accuracy = a * log2(n) + b and writes OUT/scaling.{json,png,pdf}. Finished
-         runs and existing records are skipped.
+         subset_fraction; with max_train_examples N set, fractions of those N examples) under
+         OUT/frac-<p>_<q>/ (OUT default: the config's run_dir), trained with train.py's run_training
+         and evaluated on the test split with evaluate.py at the last checkpoint; fits
+         accuracy = a * log2(n) + b and writes OUT/scaling.{json,png,pdf}. Finished runs and existing
+         records are skipped.
 
 select   P'(x) from a trained run: --strategy premem (PreMemAcc < --t), iid, ifd, heuristic (curation.py).
 collect  N' new examples derived from a selection: --collector pool (--pool FILE.jsonl | holdout) or
@@ -28,7 +29,7 @@ fig8     Figure 8: algo1 per strategy (shared round 0), test accuracy vs example
          See curation.py's docstring and `python curate.py COMMAND --help`.
 
 Train on RFT data with train.py unchanged: train_file: FILE.jsonl, train_file_mode: replace (the file
-already holds every original solution), e.g. configs/rft_demo.yaml, configs/rft_gsm8k_llama3_8b.yaml.
+already holds every original solution), e.g. configs/rft_demo.yaml, configs/recipes/rft_llama3_8b_gsm8k.yaml.
 """
 from __future__ import annotations
 
@@ -147,6 +148,12 @@ def cmd_rft(a) -> int:
     import inference
 
     t0 = time.time()
+    for name in ("k", "batch_size", "samples_per_call", "max_new_tokens", "train_examples"):
+        v = getattr(a, name)
+        if v is not None and v < 1:
+            raise CurateError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    if not a.temperature > 0 or not 0 < a.top_p <= 1:
+        raise CurateError(f"--temperature must be > 0 and --top-p in (0, 1], got {a.temperature}, {a.top_p}")
     out = Path(a.out)
     base = out.with_suffix("") if out.suffix == ".jsonl" else out
     srcs = []
@@ -282,10 +289,20 @@ def cmd_scaling(a) -> int:
     if not fs:
         raise CurateError("--fractions needs at least one fraction, e.g. 1/32 1/16 1")
     out = Path(a.out) if a.out else Path(cfg0["run_dir"])
+    # The fractions are of the set CONFIG trains on. With a max_train_examples cap, fraction f trains on
+    # the first int(N * f) of the N capped examples (max_train_examples = int(N * f)): a prefix of the
+    # same seeded order, so the subsets stay nested; without a cap, subset_fraction = f.
+    n_full = None
+    if cfg0["max_train_examples"]:
+        n_full = len(data_mod.train_examples({**cfg0, "subset_fraction": None}))
     points = []
     for f in fs:
         cfg = dict(cfg0)
-        cfg["subset_fraction"] = str(f)
+        if n_full is None:
+            cfg["subset_fraction"] = str(f)
+        else:
+            cfg["subset_fraction"] = None
+            cfg["max_train_examples"] = max(1, int(n_full * f))
         cfg["run_dir"] = str(out / f"frac-{fraction_tag(f)}")
         config_mod.validate(cfg)
         run = Path(cfg["run_dir"])
@@ -304,8 +321,12 @@ def cmd_scaling(a) -> int:
                        "step": last, "epoch": row["epoch"], "test_accuracy": row["accuracy"],
                        "test_examples": row["n"], "train_seconds": summary.get("seconds_this_session")})
         log.info("fraction %s: n=%d test accuracy %.4f", f, n, row["accuracy"])
+    ns = [p["n_train"] for p in points]
+    if len(set(ns)) < len(ns):
+        log.warning("some fractions train on the same number of examples (%s): too few train examples "
+                    "for these fractions", ns)
     fit = None
-    if len({p["n_train"] for p in points}) >= 2:
+    if len(set(ns)) >= 2:
         fit = rft.fit_log_linear([p["n_train"] for p in points], [p["test_accuracy"] for p in points])
     res = {"config": str(a.config), "overrides": overrides, "out": str(out), "points": points, "fit": fit,
            "model": "test_accuracy = a * log2(n_train) + b (least squares); a = change per doubling",
@@ -377,7 +398,8 @@ def add_scaling_parser(sub):
     p = sub.add_parser("scaling", help="SFT data scaling: one run per train-set fraction, log-linear fit",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Trains CONFIG on nested seeded fractions of its train set "
-                       "(subset_fraction), evaluates each run's last checkpoint on the test split "
+                       "(subset_fraction; of the first max_train_examples when that is set), evaluates "
+                       "each run's last checkpoint on the test split "
                        "(--splits test --no-base) and fits test accuracy = a * log2(n) + b.")
     p.add_argument("config", help="YAML train config")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")

@@ -58,7 +58,9 @@ class ExpressionError(ValueError):
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 # thousands separators "1,000" and leading zeros "05" (a SyntaxError in Python 3)
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_LEADING_ZEROS = re.compile(r"(?<![\d.])0+(?=\d)")
+_LEADING_ZEROS = re.compile(r"(?<![\w.])0+(?=\d)")
+# a decimal literal as written: 12, 1.5, .5, 3., 1e3, 2.5E-2 (no 0x.., 1_000, 1j)
+_DECIMAL_LITERAL = re.compile(r"(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
 def normalize_expression(text: str) -> str:
@@ -70,27 +72,30 @@ def normalize_expression(text: str) -> str:
 
 def _check(x: Fraction) -> Fraction:
     if abs(x) > MAX_MAGNITUDE:
-        raise ExpressionError(f"intermediate value too large (> 1e30): {float(x):.3g}")
+        raise ExpressionError("intermediate value too large (> 1e30 in magnitude)")
     if x.numerator.bit_length() + x.denominator.bit_length() > MAX_BITS:
         raise ExpressionError("intermediate fraction too large")
     return x
 
 
-def _ev(node) -> Fraction:
+def _ev(node, src: str = "") -> Fraction:
     if isinstance(node, ast.Expression):
-        return _ev(node.body)
+        return _ev(node.body, src)
     if isinstance(node, ast.Constant):
         v = node.value
+        written = ast.get_source_segment(src, node) if src else None
+        if written is not None and not _DECIMAL_LITERAL.fullmatch(written):
+            raise ExpressionError(f"{written!r} is not a plain decimal number")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise ExpressionError(f"constant {v!r} is not a number")
         if isinstance(v, float) and not math.isfinite(v):
             raise ExpressionError(f"constant {v!r} is not finite")
         return _check(Fraction(v) if isinstance(v, int) else Fraction(repr(v)))
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        x = _ev(node.operand)
+        x = _ev(node.operand, src)
         return -x if isinstance(node.op, ast.USub) else x
     if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        a, b = _ev(node.left), _ev(node.right)
+        a, b = _ev(node.left, src), _ev(node.right, src)
         if isinstance(node.op, ast.Add):
             return _check(a + b)
         if isinstance(node.op, ast.Sub):
@@ -132,8 +137,8 @@ def safe_eval(expr: str) -> Fraction:
 
     Allowed: int/float literals, binary + - * / **, unary - (and +), parentheses. Refused with
     ExpressionError: names, attributes, calls, subscripts, comparisons, any other operator or literal,
-    |exponent| > 100, intermediate values beyond 1e30, expressions over 200 characters, and whatever
-    does not parse. "1,000" thousands separators and leading zeros are accepted (normalize_expression).
+    |exponent| > 100, intermediate values beyond 1e30, expressions over 200 characters, literals that are
+    not plain decimals (0x10, 1_000, 1j), and whatever does not parse. "1,000" thousands separators and leading zeros are accepted (normalize_expression).
     """
     s = normalize_expression(expr)
     if not s:
@@ -145,7 +150,7 @@ def safe_eval(expr: str) -> Fraction:
     except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
         raise ExpressionError(f"does not parse: {type(e).__name__}") from None
     try:
-        return _ev(tree)
+        return _ev(tree, s)
     except RecursionError:
         raise ExpressionError("expression nested too deeply") from None
 
@@ -548,7 +553,7 @@ def build_rft_rows(examples: list[dict], sources: list[Source], task: str, k: in
         "questions": len(examples),
         "rows": len(rows),
         "k": k,
-        "sources": len(sources),
+        "n_sources": len(sources),
         "filter": counts,
         "distinct_paths_per_question": {
             "mean": sum(per_q) / nq,
