@@ -429,7 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
+    ap = build_parser()
+    a, extra = ap.parse_known_args(argv)
+    # scaling: key=value overrides may also follow the options (argparse gives them back as extras)
+    if extra and a.cmd == "scaling" and all("=" in x and not x.startswith("-") for x in extra):
+        a.overrides, extra = [*a.overrides, *extra], []
+    if extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import models
 

@@ -368,14 +368,16 @@ def test_curate_rft_bad_inputs(tmp_path, src_run, capsys):
 
 def test_curate_scaling_trains_nested_fractions_and_fits(tmp_path, tiny_model):
     cfg = tiny_cfg(tiny_model, tmp_path / "scaling", max_train_examples=8, batch_size=4, micro_batch_size=2,
-                   num_epochs=1, eval_test_examples=4, eval_samples=2, eval_max_new_tokens=8)
+                   num_epochs=1, eval_test_examples=4, eval_samples=2, eval_max_new_tokens=6)
     path = tmp_path / "scaling.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    assert curate.main(["scaling", str(path), "--fractions", "1/2", "1", "eval_seed=3"]) == 0
-    out = tmp_path / "scaling"
+    out = tmp_path / "scaling_out"
+    assert curate.main(["scaling", str(path), "--fractions", "1/2", "1", "eval_seed=3", "--out", str(out),
+                        "eval_samples=1"]) == 0
     res = json.loads((out / "scaling.json").read_text())
     assert [(p["fraction"], p["n_train"], p["step"]) for p in res["points"]] == [("1/2", 4, 1), ("1", 8, 2)]
-    assert res["overrides"] == ["eval_seed=3"]
+    assert res["overrides"] == ["eval_seed=3", "eval_samples=1"]
+    assert yaml.safe_load((out / "frac-1" / "config.yaml").read_text())["eval_samples"] == 1
     half = json.loads((out / "frac-1_2" / "subset_ids.json").read_text())
     full = json.loads((out / "frac-1" / "subset_ids.json").read_text())
     assert full[:4] == half and len(set(full)) == 8  # nested seeded subsets
