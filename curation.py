@@ -683,10 +683,6 @@ def default_eval_fn(run: Path, train_records: bool) -> float:
     return next(r["accuracy"] for r in rows if r["split"] == "test" and r["step"] == last)
 
 
-class Settings(dict):
-    KEYS = ("strategy", "collector", "rounds", "n_new", "t", "mem_threshold", "fraction", "seed", "pool")
-
-
 def _n_new_list(n_new, rounds: int) -> list[int]:
     if isinstance(n_new, int):
         return [n_new] * rounds
