@@ -683,15 +683,32 @@ def default_eval_fn(run: Path, train_records: bool) -> float:
     return next(r["accuracy"] for r in rows if r["split"] == "test" and r["step"] == last)
 
 
-def _n_new_list(n_new, rounds: int) -> list[int]:
-    if isinstance(n_new, int):
-        return [n_new] * rounds
-    n_new = [int(x) for x in n_new]
-    if len(n_new) == 1:
-        return n_new * rounds
-    if len(n_new) != rounds:
-        raise CurationError(f"--n-new has {len(n_new)} values for {rounds} rounds")
-    return n_new
+def _n_new_one(x, n_seed: int) -> int:
+    """One N'_i: a count (500) or a multiple of the seed set's size ("2x": twice |D_train|)."""
+    if isinstance(x, int):
+        return x
+    s = str(x).strip()
+    try:
+        if s.lower().endswith("x"):
+            return round(float(s[:-1]) * n_seed)
+        return int(s)
+    except ValueError:
+        raise CurationError(f"--n-new value {s!r}: expected a count like 500 or a multiple of the seed set "
+                            "like 2x") from None
+
+
+def _n_new_list(n_new, rounds: int, n_seed: int) -> list[int]:
+    """N'_1..N'_n from --n-new: one value for every round or one per round. Values are counts or multiples
+    of the seed set ("1x 2x 4x 8x" doubles the data each round, the schedule of the authors' MATH runs)."""
+    vals = [n_new] if isinstance(n_new, (int, str)) else list(n_new)
+    vals = [_n_new_one(x, n_seed) for x in vals]
+    if any(v < 0 for v in vals):
+        raise CurationError(f"--n-new {vals}: counts must be >= 0")
+    if len(vals) == 1:
+        return vals * rounds
+    if len(vals) != rounds:
+        raise CurationError(f"--n-new has {len(vals)} values for {rounds} rounds")
+    return vals
 
 
 def run_algorithm1(base_cfg: dict, out, *, strategy: str, rounds: int, n_new, collector: str = "pool",
@@ -719,7 +736,9 @@ def run_algorithm1(base_cfg: dict, out, *, strategy: str, rounds: int, n_new, co
     out = Path(out)
     task = base_cfg["task"]
     seed = base_cfg["seed"] if seed is None else seed
-    n_list = _n_new_list(n_new, rounds)
+    if seed_examples is None:
+        seed_examples = data_mod.train_examples(base_cfg)
+    n_list = _n_new_list(n_new, rounds, len(seed_examples))
     settings = {"strategy": strategy, "collector": collector, "rounds": rounds, "n_new": n_list, "t": t,
                 "mem_threshold": mem_threshold, "fraction": fraction, "seed": seed, "pool": pool_name,
                 "chat": getattr(chat, "ident", None), "model": base_cfg["model"], "task": task,
@@ -735,8 +754,6 @@ def run_algorithm1(base_cfg: dict, out, *, strategy: str, rounds: int, n_new, co
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(spath, settings)
 
-    if seed_examples is None:
-        seed_examples = data_mod.train_examples(base_cfg)
     split = data_mod.load_split(task, base_cfg["data"], "train", base_cfg["data_config"], base_cfg["math_levels"])
     split_by_id = {e["id"]: e for e in split}
     seed_rows = [to_row(e, task) for e in seed_examples]
@@ -848,7 +865,8 @@ def run_fig8(base_cfg: dict, out, *, strategies=STRATEGIES, rounds: int, n_new, 
             ([p["n_train"] for p in curves["iid"]], [p["test_accuracy"] for p in curves["iid"]]),
             ([p["n_train"] for p in curves["premem"]], [p["test_accuracy"] for p in curves["premem"]]))
     res = {"model": base_cfg["model"], "task": base_cfg["task"], "data": base_cfg["data"], "rounds": rounds,
-           "n_new": _n_new_list(n_new, rounds), "seed_examples": len(seed_examples), "curves": curves,
+           "n_new": _n_new_list(n_new, rounds, len(seed_examples)), "seed_examples": len(seed_examples),
+           "curves": curves,
            "sample_efficiency_ratio": ratio, "test_examples": base_cfg["eval_test_examples"],
            "seconds_this_session": round(time.time() - t0, 1)}
     atomic_write_json(out / "fig8.json", res)
@@ -1089,7 +1107,9 @@ def _add_loop_opts(p):
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--rounds", type=int, default=5, help="rounds n (paper 5; default %(default)s)")
-    p.add_argument("--n-new", type=int, nargs="+", required=True, help="N'_i per round (one value or n)")
+    p.add_argument("--n-new", nargs="+", required=True,
+                   help="N'_i per round (one value or n): a count, or a multiple of the seed set such as 2x "
+                        "(the authors' MATH schedule: 1x 2x 4x 8x)")
     p.add_argument("--ifd-scorer", metavar="RUN", help="ifd: existing scorer run (default: train one on "
                                                        "the test split for 2 epochs in OUT/ifd-scorer)")
     p.add_argument("--ifd-scorer-examples", type=int, metavar="N",

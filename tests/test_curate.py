@@ -368,3 +368,17 @@ def test_cli_bad_input_names_the_problem(tmp_path, capsys):
     assert curate.main(["select", str(tmp_path), "--strategy", "premem", "--out", str(tmp_path / "s.json")]) == 2
     assert "config.yaml" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_n_new_counts_and_multiples_of_the_seed_set():
+    # the authors' MATH schedule: each round adds as much new data as there already is (1x 2x 4x 8x)
+    assert curation._n_new_list(["1x", "2x", "4x", "8x"], 4, 3506) == [3506, 7012, 14024, 28048]
+    assert curation._n_new_list(["500"], 3, 10) == [500, 500, 500]
+    assert curation._n_new_list(7, 2, 10) == [7, 7]
+    assert curation._n_new_list(["0.5x", "12"], 2, 9) == [4, 12]  # round(4.5) -> 4 (banker's), then a count
+    with pytest.raises(curation.CurationError, match="--n-new has 2 values for 3 rounds"):
+        curation._n_new_list(["1x", "2x"], 3, 10)
+    with pytest.raises(curation.CurationError, match="--n-new value 'two': expected a count like 500"):
+        curation._n_new_list(["two"], 1, 10)
+    with pytest.raises(curation.CurationError, match="must be >= 0"):
+        curation._n_new_list(["-1x"], 1, 10)

@@ -27,10 +27,15 @@ GSM8K_LLAMA = [(1, "full", 5e-7), (1, "full", 5e-5), (1, "full", 2e-4),
                (3, "full", 5e-7), (3, "full", 2e-5), (3, "full", 5e-5), (3, "full", 2e-4),
                (6, "full", 5e-7), (6, "full", 2e-5), (6, "full", 5e-5), (6, "full", 2e-4),
                (6, "half", 2e-5), (12, "quarter", 2e-5)]
-MATH_LLAMA_CANDIDATES = [(1, "full", 5e-7), (1, "full", 5e-5), (1, "full", 2e-4),
-                         (3, "full", 5e-7), (3, "full", 2e-5), (3, "full", 5e-5), (3, "full", 2e-4),
-                         (6, "full", 5e-7), (6, "full", 5e-5), (6, "full", 2e-4),
-                         (6, "half", 2e-5), (12, "quarter", 2e-5)]
+# the 11 MATH / Llama3-8B runs of the authors' code release (math_analyze.ipynb)
+MATH_LLAMA = [(1, "full", 5e-7), (1, "full", 5e-5), (1, "full", 2e-4),
+              (3, "full", 5e-7), (3, "full", 5e-5), (3, "full", 2e-4),
+              (6, "full", 5e-7), (6, "full", 5e-5), (6, "full", 2e-4),
+              (6, "half", 2e-5), (12, "quarter", 2e-5)]
+# the 14 Gemma2-9B runs (GSM8K and MATH alike): lr {5e-7, 5e-6, 5e-5, 5e-4} x epochs {1, 3, 6} on the full
+# data, then half and quarter (lr and epochs inferred; see the grid files)
+GEMMA2 = [(e, "full", lr) for e in (1, 3, 6) for lr in (5e-7, 5e-6, 5e-5, 5e-4)] + \
+    [(6, "half", 5e-5), (12, "quarter", 5e-5)]
 RECIPE_A = dict(optimizer="adamw", lr_scheduler="linear", warmup_steps=20, warmup_ratio=0.0, max_grad_norm=2.0)
 RECIPE_B = dict(optimizer="adam", lr_scheduler="cosine", warmup_ratio=0.1, max_grad_norm=1.0, batch_size=32,
                 weight_decay=0.0)
@@ -81,23 +86,32 @@ def test_published_runs_are_cells_of_the_gsm8k_grid():
         assert (e, size, lr) in cells and bs == 128, n
 
 
-def test_math_llama3_grid_recipe_and_candidate_cells():
+def test_math_llama3_grid_matches_the_release_cells_and_recipe():
     g = sweep.load_grid("math_llama3-8b")
-    assert cells_of(g) == MATH_LLAMA_CANDIDATES
-    assert "11" in g["notes"]  # says plainly that the paper has 11 and this file is not verified
+    assert cells_of(g) == MATH_LLAMA and len(MATH_LLAMA) == 11
     for c in g["cells"]:
         cfg = c["cfg"]
         assert {k: cfg[k] for k in RECIPE_A} == RECIPE_A and cfg["batch_size"] == 24 and cfg["task"] == "math"
 
 
 @pytest.mark.parametrize("task", ["gsm8k", "math"])
-def test_gemma2_grids_have_the_recipe_and_refuse_to_run_without_cells(task, tmp_path):
+def test_gemma2_grids_have_the_14_cells_and_recipe_b(task):
     g = sweep.load_grid(f"{task}_gemma2-9b")
-    base = config.load_config(ROOT / "configs" / "recipes" / f"gemma2_9b_{task}.yaml")
-    assert {k: base[k] for k in RECIPE_B} == RECIPE_B and base["model"] == "google/gemma-2-9b"
-    assert g["cells"] == []
-    with pytest.raises(sweep.GridError, match="has no cells.*not filled in"):
-        sweep.run_grid(g)
+    assert cells_of(g) == GEMMA2 and len(GEMMA2) == 14
+    for c in g["cells"]:
+        cfg = c["cfg"]
+        assert {k: cfg[k] for k in RECIPE_B} == RECIPE_B and cfg["model"] == "google/gemma-2-9b"
+        assert cfg["task"] == task and cfg["quantization"] == "4bit"
+    # the two cells whose lr and epochs are read off the plot say so
+    assert [c["name"] for c in g["cells"] if c["note"]] == [f"{task}_gemma2-9b_6ep_half_lr5e-5",
+                                                           f"{task}_gemma2-9b_12ep_quarter_lr5e-5"]
+
+
+def test_a_grid_without_cells_is_refused_with_its_notes(tmp_path):
+    p = tmp_path / "empty.yaml"
+    p.write_text("base: configs/demo.yaml\nnotes: table X not filled in\ncells: []\n")
+    with pytest.raises(sweep.GridError, match="has no cells.*table X not filled in"):
+        sweep.run_grid(sweep.load_grid(p))
 
 
 def test_curation_grid_is_the_appendix_c_recipe():
