@@ -21,7 +21,7 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/python train.py configs/demo.yaml
 	$(BIN)/python evaluate.py runs/demo
-	$(BIN)/python premem.py analyze runs/demo --out runs/demo/analysis
+	$(BIN)/python premem.py analyze runs/demo --out runs/demo/analysis --threshold -2.3
 
 test: setup
 	$(BIN)/python -m pytest -q tests

@@ -87,6 +87,10 @@ class NoRecordsError(PremError):
     """A folder has no train record files."""
 
 
+# fewer (checkpoint, test accuracy) points than this and analyze warns that a calibrated threshold is noise
+MIN_CALIBRATION_POINTS = 6
+
+
 def _warn(msg: str) -> None:
     print(f"premem.py: warning: {msg}", file=sys.stderr)
 
@@ -605,6 +609,10 @@ def analyze(
             )
         t = float(grid[int(np.nanargmax(sweep["r2"].to_numpy()))])
         source = "calibrated"
+        if int(cal.sum()) < MIN_CALIBRATION_POINTS:
+            _warn(f"threshold calibrated on only {int(cal.sum())} (checkpoint, test accuracy) point(s): with so "
+                  f"few the best threshold fits noise (the paper calibrates on 40+ points); pass --threshold "
+                  f"-2.3 (the authors' GSM8K/Llama3 value) or analyze more runs")
     p = ppl_from_loglog(t)
 
     premem_means = [_premem_ll(r.acc, r.ll, t).mean(axis=1) for r in runs]

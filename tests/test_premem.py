@@ -176,6 +176,20 @@ def test_calibration_recovers_a_planted_threshold(tmp_path):
     assert s["threshold_loglog"] == pytest.approx(t_star) and s["r2"] == pytest.approx(1.0)
 
 
+def test_calibrating_on_few_points_warns_and_a_given_threshold_does_not(tmp_path, capsys):
+    acc = np.array([[0.0, 1.0], [1.0, 1.0]])
+    ppl = np.array([[3.0, 3.0], [3.0, LOW]])
+    run = write_run(tmp_path / "r", [100, 200], acc, ppl, [0.4, 0.6])
+    premem.analyze([run], tmp_path / "a", figures=False, progress=False, verbose=False)
+    assert "calibrated on only 2 (checkpoint, test accuracy) point(s)" in capsys.readouterr().err
+    premem.analyze([run], tmp_path / "b", threshold_loglog=T, figures=False, progress=False, verbose=False)
+    assert "calibrated on only" not in capsys.readouterr().err
+    # enough points: no warning
+    dirs = planted_runs(tmp_path / "many", -2.0)
+    premem.analyze(dirs, tmp_path / "c", figures=False, progress=False, verbose=False)
+    assert "calibrated on only" not in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------- published results
 
 
