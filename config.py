@@ -111,6 +111,12 @@ def check_value(key: str, value, where: str):
         return None
     if float in types and isinstance(value, int) and not isinstance(value, bool):
         value = float(value) if int not in types else value
+    if float in types and str not in types and isinstance(value, str):
+        # YAML 1.1 reads 5e-5 (no decimal point) as a string; take it as the number it is
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
         raise ConfigError(f"{where}: key '{key}' expects {_type_name(types)}, got {value!r} "

@@ -12,7 +12,7 @@ subset, ...). Each cell is one run folder, named from its task, model, epochs, d
 rate: RUNS_ROOT/<task>_<model>_<E>ep_<size>_lr<LR> (e.g. gsm8k_llama3-8b_3ep_full_lr2e-5).
 
 `run` goes through the cells in order; for each one it runs `train.py` and then `evaluate.py` as
-subprocesses (their output goes to RUNS_ROOT/_sweep/<cell>.log) and it skips a cell that is done
+subprocesses (their output goes to RUNS_ROOT/_sweep/logs/<cell>.log) and it skips a cell that is done
 (train_summary.json and every record file present). A half-done cell is resumed: train.py continues from
 its last complete checkpoint and evaluate.py only writes the records that are missing. So after an
 interruption (a kill, a reboot, a preempted job) the same command continues where it stopped. At the end

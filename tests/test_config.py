@@ -26,6 +26,14 @@ def test_unknown_key_names_the_nearest(tmp_path):
         config.load_config(None, ["micro_batchsize=2"])
 
 
+def test_exponent_without_a_decimal_point_is_a_number(tmp_path):
+    # YAML 1.1 reads 5e-5 as a string; on the command line and in files it is the number users mean
+    assert config.load_config(None, ["learning_rate=5e-5"])["learning_rate"] == 5e-5
+    assert config.load_config(write(tmp_path, "learning_rate: 2e-4\n"))["learning_rate"] == 2e-4
+    with pytest.raises(config.ConfigError, match=r"key 'learning_rate' expects a number, got 'fast'"):
+        config.load_config(None, ["learning_rate=fast"])
+
+
 def test_wrong_types_and_choices(tmp_path):
     with pytest.raises(config.ConfigError, match=r"key 'batch_size' expects an integer, got 'big'"):
         config.load_config(write(tmp_path, "batch_size: big\n"))
