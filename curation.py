@@ -847,12 +847,13 @@ def run_fig8(base_cfg: dict, out, *, strategies=STRATEGIES, rounds: int, n_new, 
              figures=True) -> dict:
     out = Path(out)
     seed_examples = data_mod.train_examples(base_cfg)
+    n_list = _n_new_list(n_new, rounds, len(seed_examples))  # a bad --n-new fails before any training
     if "ifd" in strategies and ifd_scorer is None:
         ifd_scorer = ensure_ifd_scorer(base_cfg, out / "ifd-scorer", train_fn, n=ifd_scorer_examples)
     curves = {}
     t0 = time.time()
     for s in strategies:
-        summ = run_algorithm1(base_cfg, out / s, strategy=s, rounds=rounds, n_new=n_new, collector=collector,
+        summ = run_algorithm1(base_cfg, out / s, strategy=s, rounds=rounds, n_new=n_list, collector=collector,
                               pool=pool, pool_name=pool_name, seed_examples=seed_examples, t=t,
                               mem_threshold=mem_threshold, fraction=fraction, chat=chat,
                               rephrase_cache=out / "rephrase_cache.jsonl", ifd_scorer=ifd_scorer,
@@ -865,8 +866,7 @@ def run_fig8(base_cfg: dict, out, *, strategies=STRATEGIES, rounds: int, n_new, 
             ([p["n_train"] for p in curves["iid"]], [p["test_accuracy"] for p in curves["iid"]]),
             ([p["n_train"] for p in curves["premem"]], [p["test_accuracy"] for p in curves["premem"]]))
     res = {"model": base_cfg["model"], "task": base_cfg["task"], "data": base_cfg["data"], "rounds": rounds,
-           "n_new": _n_new_list(n_new, rounds, len(seed_examples)), "seed_examples": len(seed_examples),
-           "curves": curves,
+           "n_new": n_list, "seed_examples": len(seed_examples), "curves": curves,
            "sample_efficiency_ratio": ratio, "test_examples": base_cfg["eval_test_examples"],
            "seconds_this_session": round(time.time() - t0, 1)}
     atomic_write_json(out / "fig8.json", res)

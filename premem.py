@@ -609,8 +609,9 @@ def analyze(
             )
         t = float(grid[int(np.nanargmax(sweep["r2"].to_numpy()))])
         source = "calibrated"
-        if int(cal.sum()) < MIN_CALIBRATION_POINTS:
-            _warn(f"threshold calibrated on only {int(cal.sum())} (checkpoint, test accuracy) point(s): with so "
+        n_cal = int(cal.sum())
+        if n_cal < MIN_CALIBRATION_POINTS:
+            _warn(f"threshold calibrated on only {n_cal} (checkpoint, test accuracy) point(s): with so "
                   f"few the best threshold fits noise (the paper calibrates on 40+ points); pass --threshold "
                   f"-2.3 (the authors' GSM8K/Llama3 value) or analyze more runs")
     p = ppl_from_loglog(t)
