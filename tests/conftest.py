@@ -62,9 +62,9 @@ def demo_data() -> Path:
 
 def tiny_cfg(model_dir, run_dir, **over) -> dict:
     """A full config for fast CPU runs on the tiny model."""
-    import config
+    from premem_kit import config
 
-    cfg = {k: v[0] for k, v in config.DEFAULTS.items()}
+    cfg = config.defaults()
     cfg.update(model=str(model_dir), data=str(DEMO_DATA), run_dir=str(run_dir), quantization="none",
                max_train_examples=16, batch_size=4, micro_batch_size=2, num_epochs=2, learning_rate=1e-3,
                warmup_steps=1, max_length=512, lora_r=4, lora_alpha=8, lora_dropout=0.1,
@@ -73,3 +73,50 @@ def tiny_cfg(model_dir, run_dir, **over) -> dict:
     cfg.update(over)
     config.validate(cfg)
     return cfg
+
+
+def record_rows(ids, step, split, accs, ppls=None, *, epoch=None, variant="original", n_samples=4, samples=None):
+    """Record rows (records.py schema) with the given accuracy (and perplexity) per example."""
+    import math
+
+    rows = []
+    for k, (i, a) in enumerate(zip(ids, accs)):
+        c = int(round(a * n_samples))
+        rows.append({"id": i, "step": step, "epoch": float(step) / 100 if epoch is None else float(epoch),
+                     "split": split, "variant": variant,
+                     "samples": samples[k] if samples is not None else [f"s{j}" for j in range(n_samples)],
+                     "answers": ["1"] * n_samples, "outcomes": ["correct"] * c + ["incorrect"] * (n_samples - c),
+                     "accuracy": float(a),
+                     "perplexity": float(ppls[k]) if ppls is not None else math.nan, "target_tokens": 10})
+    return rows
+
+
+def write_synthetic_run(run_dir, steps, acc, ppl, test_acc=None, *, epochs=None, config=None, ids=None,
+                        n_test=3, complete_checkpoints=False) -> Path:
+    """The one synthetic run folder of the tests: config.yaml, subset_ids.json, train records with
+    acc[ckpt, ex] and ppl[ckpt, ex] at each step, and test records whose mean accuracy is test_acc[ckpt]
+    (None: no test record at that step). complete_checkpoints adds empty checkpoint-<step> folders with
+    the .complete marker (no weights)."""
+    import numpy as np
+    import yaml
+
+    from premem_kit import files, records, runs
+
+    run_dir = Path(run_dir)
+    acc, ppl = np.asarray(acc, float), np.asarray(ppl, float)
+    ids = list(ids) if ids is not None else [f"gsm8k/train/{i}" for i in range(acc.shape[1])]
+    cfg = dict(task="gsm8k", model="toy", learning_rate=1e-5, num_epochs=3, subset="full", batch_size=8)
+    cfg.update(config or {})
+    files.atomic_write_text(runs.config_path(run_dir), yaml.safe_dump(cfg))
+    files.atomic_write_json(runs.subset_ids_path(run_dir), ids)
+    for k, s in enumerate(steps):
+        ep = float(epochs[k]) if epochs is not None else float(s) / 100
+        records.write_records(runs.record_path(run_dir, s, "train"),
+                              record_rows(ids, s, "train", acc[k], ppl[k], epoch=ep))
+        if test_acc is not None and test_acc[k] is not None:
+            test_ids = [f"gsm8k/test/{i}" for i in range(n_test)]
+            records.write_records(runs.record_path(run_dir, s, "test"),
+                                  record_rows(test_ids, s, "test", [test_acc[k]] * n_test, epoch=ep))
+        if complete_checkpoints and s:
+            files.atomic_write_json(runs.marker_path(runs.checkpoint_dir(run_dir, s)), {"step": s, "epoch": ep})
+    return run_dir

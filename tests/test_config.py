@@ -1,7 +1,7 @@
 """Config files only set values; every key and type is checked with a message that names it."""
 import pytest
 
-import config
+from premem_kit import config
 
 
 def write(tmp_path, text):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-import data
+from premem_kit import data
 from conftest import DEMO_DATA
 
 

@@ -9,12 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-import data
-import evaluate
-import inference
-import records
-import train
 from conftest import ROOT, tiny_cfg
+from premem_kit import data, inference, records, runs, training
+from premem_kit.evaluation import EvalError, EvalOptions, evaluate_run
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +78,7 @@ def test_stop_string_cut():
 def test_memorized_example_is_generated_and_stops_at_done(tmp_path, tiny_model, exs):
     """Train the tiny model on one example until it has memorized it: greedy decoding then reproduces
     the solution and generation stops at '\\nDone.' long before max_new_tokens."""
-    import models
+    from premem_kit import models
 
     cfg = tiny_cfg(tiny_model, tmp_path / "mem", max_train_examples=1, batch_size=1, micro_batch_size=1,
                    num_epochs=150, learning_rate=3e-3, warmup_steps=0, lora_r=0,  # full finetuning
@@ -90,7 +87,7 @@ def test_memorized_example_is_generated_and_stops_at_done(tmp_path, tiny_model, 
     from conftest import DEMO_DATA
 
     ex = min(data.load_split("gsm8k", str(DEMO_DATA), "train"), key=lambda e: len(e["solution"]))
-    trainer, _ = train.build_trainer(cfg, tmp_path / "mem", [ex], tok, model)
+    trainer = training.build_trainer(cfg, tmp_path / "mem", [ex], tok, model)
     trainer.args.save_strategy = "no"
     trainer.train()
     model.eval()
@@ -106,19 +103,20 @@ def test_records_round_trip_with_schema(tmp_path):
     rows = [{"id": f"gsm8k/train/{i}", "step": 8, "epoch": 1.0, "split": "train", "variant": "original",
              "samples": [" a\n#### 1", " b"], "answers": ["1", None], "outcomes": ["correct", "unparseable"],
              "accuracy": 0.5, "perplexity": 1.25, "target_tokens": 40} for i in range(3)]
-    p = records.record_path(tmp_path, 8, "train")
+    p = runs.record_path(tmp_path, 8, "train")
     assert p.name == "step-000008.train.original.parquet"
     records.write_records(p, rows)
     df = records.read_records(p)
-    assert list(df.columns) == list(records.RECORD_COLUMNS)
+    assert list(df.columns) == list(records.RECORD_COLUMNS) + list(records.OPTIONAL_COLUMNS)
+    assert not df["target_cut"].any()
     assert df["samples"].iloc[0].tolist() == [" a\n#### 1", " b"]
     assert df["answers"].iloc[0].tolist() == ["1", None]
     assert df["step"].dtype == "int64" and df["perplexity"].dtype == "float64"
-    assert records.list_records(tmp_path) == [(8, "train", "original", p)]
+    assert runs.list_records(tmp_path) == [(8, "train", "original", p)]
     bad = [dict(rows[0], outcomes=["right", "wrong"])]
     with pytest.raises(ValueError, match="outcome 'right' is not one of"):
-        records.write_records(records.record_path(tmp_path, 9, "train"), bad)
-    assert not records.record_path(tmp_path, 9, "train").exists()
+        records.write_records(runs.record_path(tmp_path, 9, "train"), bad)
+    assert not runs.record_path(tmp_path, 9, "train").exists()
     assert not list(tmp_path.glob("records/.*tmp"))
 
 
@@ -126,47 +124,47 @@ def test_records_round_trip_with_schema(tmp_path):
 def trained_run(tmp_path_factory, tiny_model):
     run = tmp_path_factory.mktemp("evalrun") / "run"
     cfg = tiny_cfg(tiny_model, run, num_epochs=2)
-    train.run_training(cfg)
+    training.run_training(cfg)
     return run
 
 
 def test_evaluate_writes_every_checkpoint_then_skips_and_resumes(trained_run):
     run = trained_run
-    argv = ["--variants", "original", "first"]
-    summary = evaluate.run_evaluation(run, argv)
-    files = records.list_records(run)
+    opts = EvalOptions(variants=["original", "first"], progress=False)
+    summary = evaluate_run(run, opts)
+    files = runs.list_records(run)
     assert {(s, sp, v) for s, sp, v, _ in files} == {
         (s, sp, v) for s in (0, 4, 8) for sp in ("train", "test") for v in ("original", "first")}
-    df = records.read_records(records.record_path(run, 8, "train"))
+    df = records.read_records(runs.record_path(run, 8, "train"))
     assert len(df) == 8 and (df["step"] == 8).all() and (df["epoch"] == 2.0).all()
     assert df["samples"].map(len).eq(2).all()
     assert df["perplexity"].gt(1).all() and df["target_tokens"].gt(0).all()
     assert (df["accuracy"] == df["outcomes"].map(lambda o: sum(x == "correct" for x in o) / 2)).all()
     ids = set(df["id"])
     assert ids <= set(__import__("json").loads((run / "subset_ids.json").read_text()))
-    assert set(records.read_records(records.record_path(run, 4, "train"))["id"]) == ids  # same every ckpt
-    test = records.read_records(records.record_path(run, 8, "test"))
+    assert set(records.read_records(runs.record_path(run, 4, "train"))["id"]) == ids  # same every ckpt
+    test = records.read_records(runs.record_path(run, 8, "test"))
     assert test["id"].tolist() == [f"gsm8k/test/{i}" for i in range(6)] and test["perplexity"].isna().all()
-    first = records.read_records(records.record_path(run, 8, "train", "first"))
+    first = records.read_records(runs.record_path(run, 8, "train", "first"))
     assert first["perplexity"].isna().all()
     assert len(summary) == 12
 
     # a rerun skips what exists; a deleted file is redone, alone
     mtimes = {p: p.stat().st_mtime_ns for *_, p in files}
-    gone = records.record_path(run, 4, "test")
+    gone = runs.record_path(run, 4, "test")
     gone.unlink()
-    evaluate.run_evaluation(run, argv)
+    evaluate_run(run, opts)
     assert gone.exists()
     assert all(p.stat().st_mtime_ns == m for p, m in mtimes.items() if p != gone)
-    evaluate.run_evaluation(run, argv + ["--force", "--steps", "8"])
+    evaluate_run(run, EvalOptions(variants=["original", "first"], force=True, steps=[8], progress=False))
     changed = [p for p, m in mtimes.items() if p.exists() and p.stat().st_mtime_ns != m and p != gone]
     assert sorted(p.name for p in changed) == sorted(
         f"step-000008.{s}.{v}.parquet" for s in ("train", "test") for v in ("original", "first"))
 
 
 def test_greedy_pass_writes_likelihoods(trained_run):
-    evaluate.run_evaluation(trained_run, ["--greedy", "--steps", "8", "--splits", "train"])
-    g = pd.read_parquet(evaluate.greedy_path(trained_run, 8, "train"))
+    evaluate_run(trained_run, EvalOptions(greedy=True, steps=[8], splits=["train"], progress=False))
+    g = pd.read_parquet(runs.greedy_path(trained_run, 8, "train"))
     assert len(g) == 8 and g["likelihood"].between(0, 1).all() and g["tokens"].gt(0).all()
     assert set(g["outcome"]) <= set(records.OUTCOMES)
 
@@ -177,7 +175,7 @@ def test_two_processes_give_the_same_records(trained_run, tmp_path):
     two = tmp_path / "two"
     shutil.copytree(trained_run, two, ignore=shutil.ignore_patterns("records"))
     # --multi_gpu, not --cpu: `--cpu` starts a single process; on a machine without a GPU, --multi_gpu starts
-    # 2 CPU processes (torchrun) that train.dist_state() joins with gloo
+    # 2 CPU processes (torchrun) that parallel.dist_state() joins with gloo
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            str(ROOT / "evaluate.py"), str(two), "--steps", "8"]
@@ -185,9 +183,53 @@ def test_two_processes_give_the_same_records(trained_run, tmp_path):
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     for split in ("train", "test"):
-        a = records.read_records(records.record_path(trained_run, 8, split))
-        b = records.read_records(records.record_path(two, 8, split))
+        a = records.read_records(runs.record_path(trained_run, 8, split))
+        b = records.read_records(runs.record_path(two, 8, split))
         assert a["id"].tolist() == b["id"].tolist()
         assert a["target_tokens"].tolist() == b["target_tokens"].tolist()
         pd.testing.assert_series_equal(a["perplexity"], b["perplexity"], rtol=1e-5)
         assert b["samples"].map(len).eq(2).all()
+
+
+def test_a_torn_record_is_redone_and_bad_options_write_nothing(trained_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    evaluate_run(run, EvalOptions(steps=[4], splits=["test"], progress=False))
+    p = runs.record_path(run, 4, "test")
+    good = records.read_records(p)
+    p.write_bytes(p.read_bytes()[:100])  # a record cut short (disk full, copied half)
+    evaluate_run(run, EvalOptions(steps=[4], splits=["test"], progress=False))
+    pd.testing.assert_frame_equal(records.read_records(p), good)  # redone, same seed: same record
+    before = sorted(x.name for x in (run / "records").iterdir())
+    for bad, phrase in ((EvalOptions(train_examples=0), "--train-examples must be at least 1"),
+                        (EvalOptions(samples=0), "--samples must be at least 1"),
+                        (EvalOptions(batch_size=0), "--batch-size must be at least 1"),
+                        (EvalOptions(top_p=5.0), "--top-p must be in"),
+                        (EvalOptions(steps=[99]), "--steps 99 is not a complete checkpoint")):
+        with pytest.raises(EvalError, match=phrase):
+            evaluate_run(run, bad)
+    assert sorted(x.name for x in (run / "records").iterdir()) == before
+
+
+def test_a_long_prompt_flags_its_cut_target(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    from premem_kit.evaluation import score_examples
+    from premem_kit import models
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = models.load_base_model(tiny_cfg(tiny_model, tmp_path / "r"))
+    exs = data.load_split("gsm8k", str(data_dir()), "train")[:2]
+    n_prompt = len(tok(exs[0]["prompt"])["input_ids"])
+    scored = score_examples(model, tok, "gsm8k", exs, [e["prompt"] for e in exs], n=1, temperature=0.8, top_p=0.95,
+                            max_new_tokens=4, batch_size=2, seed=0, perplexity=True, max_length=n_prompt + 3,
+                            progress=False)
+    assert scored[0].target_cut and scored[0].target_tokens == 3
+
+
+def data_dir():
+    from conftest import DEMO_DATA
+
+    return DEMO_DATA

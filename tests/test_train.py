@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-import train
 from conftest import ROOT, tiny_cfg
+from premem_kit import config, runs, training
 
 
 def adapter_weights(ckpt: Path) -> dict:
@@ -25,11 +25,11 @@ def adapter_weights(ckpt: Path) -> dict:
 
 def test_tiny_model_trains_and_checkpoints_every_epoch(tmp_path, tiny_model):
     cfg = tiny_cfg(tiny_model, tmp_path / "run", num_epochs=2)  # 16 examples, batch 4 -> 4 steps/epoch
-    summary = train.run_training(cfg)
+    summary = training.run_training(cfg)
     run = tmp_path / "run"
-    assert [p.name for p in train.complete_checkpoints(run)] == ["checkpoint-4", "checkpoint-8"]
+    assert [p.name for p in runs.complete_checkpoints(run)] == ["checkpoint-4", "checkpoint-8"]
     assert summary["optimizer_steps"] == 8 and summary["examples"] == 16
-    for ck in train.complete_checkpoints(run):
+    for ck in runs.complete_checkpoints(run):
         assert (ck / "adapter_model.safetensors").exists() and (ck / "optimizer.pt").exists()
         assert (ck / "trainer_state.json").exists()
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -48,16 +48,16 @@ def test_tiny_model_trains_and_checkpoints_every_epoch(tmp_path, tiny_model):
     assert any(not torch.equal(w4[k], w8[k]) for k in w4)
     # a second run with the same config does nothing
     before = (run / "checkpoint-8" / "adapter_model.safetensors").stat().st_mtime_ns
-    train.run_training(cfg)
+    training.run_training(cfg)
     assert (run / "checkpoint-8" / "adapter_model.safetensors").stat().st_mtime_ns == before
 
 
 def test_effective_batch_uses_gradient_accumulation(tmp_path, tiny_model):
     cfg = tiny_cfg(tiny_model, tmp_path / "run", batch_size=8, micro_batch_size=2, num_epochs=1)
-    import models
+    from premem_kit import models
 
     tok, model = models.load_for_training(cfg)
-    trainer, _ = train.build_trainer(cfg, tmp_path / "run", [{"prompt": "a", "target": "b"}] * 16, tok, model)
+    trainer = training.build_trainer(cfg, tmp_path / "run", [{"prompt": "a", "target": "b"}] * 16, tok, model)
     assert trainer.args.gradient_accumulation_steps == 4
     assert trainer.args.per_device_train_batch_size == 2
 
@@ -72,7 +72,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model):
     # 4 epochs x 4 steps; micro-batches of 1 so a step takes long enough to kill the run mid-epoch
     common = dict(num_epochs=4, batch_size=4, micro_batch_size=1, lora_dropout=0.1)
     ref_cfg = tiny_cfg(tiny_model, tmp_path / "ref", **common)
-    train.run_training(ref_cfg)
+    training.run_training(ref_cfg)
 
     cfg = tiny_cfg(tiny_model, tmp_path / "killed", **common)
     path = _write_cfg(tmp_path, cfg)
@@ -84,7 +84,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model):
     # kill once the first epoch's checkpoint is complete and a step of epoch 2 has been logged
     while time.time() < deadline and proc.poll() is None:
         log = run / "log.jsonl"
-        if (run / "checkpoint-4" / train.COMPLETE).exists() and log.exists() and \
+        if (run / "checkpoint-4" / runs.COMPLETE).exists() and log.exists() and \
                 any(json.loads(x)["step"] >= 5 for x in log.read_text().splitlines() if x.strip()):
             proc.send_signal(signal.SIGKILL)
             break
@@ -92,10 +92,10 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (run / "train_summary.json").exists()
-    done_before = [p.name for p in train.complete_checkpoints(run)]
+    done_before = [p.name for p in runs.complete_checkpoints(run)]
     assert done_before and "checkpoint-16" not in done_before
 
-    summary = train.run_training(cfg)  # the same command again resumes
+    summary = training.run_training(cfg)  # the same command again resumes
     assert summary["optimizer_steps"] == 16
     a, b = adapter_weights(tmp_path / "ref" / "checkpoint-16"), adapter_weights(run / "checkpoint-16")
     assert a.keys() == b.keys()
@@ -107,12 +107,10 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, tiny_model):
 
 def test_changed_config_in_existing_run_is_refused(tmp_path, tiny_model):
     cfg = tiny_cfg(tiny_model, tmp_path / "run", num_epochs=1)
-    train.run_training(cfg)
+    training.run_training(cfg)
     (tmp_path / "run" / "train_summary.json").unlink()
-    import config
-
     with pytest.raises(config.ConfigError, match=r"different config \(keys \['learning_rate'\]"):
-        train.run_training({**cfg, "learning_rate": 5e-4})
+        training.run_training({**cfg, "learning_rate": 5e-4})
 
 
 def run_cli(*args, cwd=ROOT):
@@ -140,17 +138,13 @@ def test_bad_inputs_give_clear_errors_and_leave_nothing(tmp_path, tiny_model):
 
 def test_help_config_lists_every_key():
     r = run_cli("--help-config")
-    import config
-
     assert r.returncode == 0 and all(k in r.stdout for k in config.DEFAULTS)
 
 
 def test_real_smollm2_lora_steps_lower_the_target_perplexity(tmp_path):
     """A few LoRA steps on the real PyPI-shipped SmolLM2-135M (GGUF) on 4 GSM8K examples."""
     pytest.importorskip("gguf")
-    import data
-    import inference
-    import models
+    from premem_kit import data, inference, models
 
     cfg = tiny_cfg("pypi:smollm2-135m-instruct", tmp_path / "real", max_train_examples=4, batch_size=2,
                    micro_batch_size=2, num_epochs=2, learning_rate=1e-3, max_length=192, lora_r=8, lora_alpha=16,
@@ -165,7 +159,7 @@ def test_real_smollm2_lora_steps_lower_the_target_perplexity(tmp_path):
     before, _ = inference.perplexities(base, tok, [e["prompt"] for e in exs], [e["target"] for e in exs],
                                        max_length=192, progress=False)
     del base
-    summary = train.run_training(cfg)
+    summary = training.run_training(cfg)
     assert summary["optimizer_steps"] == 4
     model = models.load_checkpoint(cfg, tmp_path / "real" / "checkpoint-4")
     after, _ = inference.perplexities(model, tok, [e["prompt"] for e in exs], [e["target"] for e in exs],
@@ -176,20 +170,86 @@ def test_real_smollm2_lora_steps_lower_the_target_perplexity(tmp_path):
 def test_live_premem_logs_a_prediction_at_every_checkpoint(tmp_path, tiny_model):
     import numpy as np
 
-    import premem
+    from premem_kit import metric
 
     cfg = tiny_cfg(tiny_model, tmp_path / "live", num_epochs=2, live_premem=True, live_premem_examples=5,
-                   live_premem_samples=2, live_premem_max_new_tokens=8, live_premem_threshold=5.0)
-    train.run_training(cfg)
+                   live_premem_samples=2, live_premem_max_new_tokens=8)
+    training.run_training(cfg)
     rows = [json.loads(x) for x in (tmp_path / "live" / "live_premem.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [4, 8]
     assert rows[0]["ids"] == rows[1]["ids"] and len(rows[0]["ids"]) == 5
-    # the logged prediction is premem.py's metric over the logged per-example arrays
+    # the logged prediction and memorized fraction are metric.py's over the logged per-example arrays
     A = np.array([r["acc"] for r in rows])
     P = np.array([r["ppl"] for r in rows])
-    want = premem.premem_from_arrays(A, P, threshold_loglog=5.0).mean(axis=1)
+    t = cfg["live_premem_threshold"]
+    want = metric.predicted_test_accuracy(A, P, threshold_loglog=t)
     assert [r["predicted_test_acc"] for r in rows] == pytest.approx(want.tolist())
-    # the tiny model's perplexities (hundreds) are all below exp(exp(5)): every example counts as
-    # memorized, so the prediction is 0 whatever the accuracy
-    assert all(1 < p < math.exp(math.exp(5)) for p in P.ravel())
-    assert rows[-1]["memorized"] == 1.0 and rows[-1]["predicted_test_acc"] == 0.0
+    assert [r["memorized"] for r in rows] == pytest.approx((metric.loglog(P) < t).mean(axis=1).tolist())
+    assert [r["train_acc"] for r in rows] == pytest.approx(A.mean(axis=1).tolist())
+
+
+def test_live_premem_callback_on_a_plain_trainer_logs_through_report_to(tmp_path, tiny_model):
+    """The callback on an ordinary HF Trainer: its numbers reach every logging callback (what
+    report_to's TensorBoard / W&B integrations are), and the memorized fraction follows the threshold."""
+    import numpy as np
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    from premem_kit import data, metric, models
+    from premem_kit.callbacks import LivePreMemCallback
+
+    cfg = tiny_cfg(tiny_model, tmp_path / "unused")
+    tok, model = models.load_for_training(cfg)
+    exs = data.train_examples(cfg)
+    feats = [{k: v for k, v in data.encode(tok, e["prompt"], e["target"]).items() if k != "target_cut"}
+             for e in exs]
+
+    class Recorder(TrainerCallback):  # stands where report_to's integrations stand
+        logs = []
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            self.logs.append(dict(logs))
+
+    args = TrainingArguments(output_dir=str(tmp_path / "plain"), per_device_train_batch_size=4, num_train_epochs=2,
+                             learning_rate=1e-3, save_strategy="epoch", report_to=[], logging_steps=1,
+                             use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=feats, data_collator=data.Collator(tok.pad_token_id),
+                      callbacks=[Recorder()])
+    ppl_probe = LivePreMemCallback(exs[:6], tok, "gsm8k", samples=1, max_new_tokens=4).score(model, 0, 0.0)["ppl"]
+    t = float(np.median(metric.loglog(ppl_probe)))  # half of the examples on each side at the start
+    cb = LivePreMemCallback(exs[:6], tok, "gsm8k", threshold_loglog=t, samples=2, max_new_tokens=8).attach(trainer)
+    trainer.train()
+    logged = [r for r in Recorder.logs if "premem/predicted_test_acc" in r]
+    assert [round(r["epoch"]) for r in logged] == [1, 2]
+    assert [r["premem/train_acc"] for r in logged] == pytest.approx([r["train_acc"] for r in cb.rows])
+    P = np.array([r["ppl"] for r in cb.rows])
+    assert [r["premem/memorized"] for r in logged] == pytest.approx((metric.loglog(P) < t).mean(axis=1).tolist())
+    # training lowers perplexity: more examples are below the threshold after training than at the start
+    assert logged[-1]["premem/memorized"] > 0.5
+
+
+def test_resume_leaves_foreign_checkpoints_alone_and_drops_a_torn_log_line(tmp_path, tiny_model):
+    cfg = tiny_cfg(tiny_model, tmp_path / "run", num_epochs=1)
+    run = tmp_path / "run"
+    training.run_training(cfg)
+    (run / "train_summary.json").unlink()
+    foreign = run / "checkpoint-99"  # written by someone else: no .complete, no .saving marker
+    foreign.mkdir()
+    (foreign / "weights.bin").write_text("x")
+    ours = run / "checkpoint-50"  # an unfinished save of this kit
+    ours.mkdir()
+    training.saving_marker(run, 50).write_text("")
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"step": 5, "los')  # a kill in the middle of an append
+    with pytest.warns(UserWarning, match="torn last line"):
+        training.run_training(cfg)
+    assert (foreign / "weights.bin").exists() and not ours.exists()
+    steps = [json.loads(x)["step"] for x in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_a_non_empty_folder_that_is_not_a_run_is_refused(tmp_path, tiny_model):
+    other = tmp_path / "hf_output"
+    (other / "checkpoint-10").mkdir(parents=True)
+    with pytest.raises(config.ConfigError, match="not a run folder made by train.py"):
+        training.run_training(tiny_cfg(tiny_model, other))
+    assert (other / "checkpoint-10").exists() and not (other / "config.yaml").exists()

@@ -1,16 +1,19 @@
 """Configs: YAML files that only set values, plus `key=value` overrides from the command line.
 
 Every key, its default and its meaning is in DEFAULTS below; `python train.py --help-config` prints
-them. An unknown key or a value of the wrong type is an error that names the key (and, for a typo,
+them. This module is the typed schema: nothing else in the kit lists config keys. An unknown key or a value of the wrong type is an error that names the key (and, for a typo,
 the nearest valid key).
 """
 from __future__ import annotations
 
 import difflib
+import math
 from fractions import Fraction
 from pathlib import Path
 
 import yaml
+
+from .errors import KitError
 
 # key: (default, allowed types, help). float keys accept ints; None means "not set".
 DEFAULTS: dict[str, tuple] = {
@@ -92,8 +95,55 @@ CHOICES = {
 }
 
 
-class ConfigError(ValueError):
-    pass
+# Allowed ranges: key -> (low, low inclusive, high, high inclusive); None is unbounded. Every number
+# must also be finite.
+RANGES = {
+    "lora_r": (0, True, None, False), "lora_alpha": (0, False, None, False), "lora_dropout": (0, True, 1, False),
+    "max_train_examples": (1, True, None, False), "max_length": (2, True, None, False),
+    "learning_rate": (0, False, None, False), "warmup_steps": (0, True, None, False),
+    "warmup_ratio": (0, True, 1, False), "weight_decay": (0, True, None, False),
+    "max_grad_norm": (0, False, None, False), "batch_size": (1, True, None, False),
+    "micro_batch_size": (1, True, None, False), "num_epochs": (0, False, None, False),
+    "save_every_steps": (1, True, None, False), "logging_steps": (1, True, None, False),
+    "dataloader_num_workers": (0, True, None, False), "live_premem_examples": (1, True, None, False),
+    "live_premem_samples": (1, True, None, False), "live_premem_max_new_tokens": (1, True, None, False),
+    "eval_samples": (1, True, None, False), "eval_temperature": (0, True, None, False),
+    "eval_top_p": (0, False, 1, True), "eval_max_new_tokens": (1, True, None, False),
+    "eval_batch_size": (1, True, None, False), "eval_ppl_batch_size": (1, True, None, False),
+    "eval_train_examples": (1, True, None, False), "eval_test_examples": (1, True, None, False),
+}
+
+
+class ConfigError(KitError, ValueError):
+    """A bad config key or value; the message names the file or command line and the key."""
+
+
+def _range_text(lo, lo_in, hi, hi_in) -> str:
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>=' if lo_in else '>'} {lo}")
+    if hi is not None:
+        parts.append(f"{'<=' if hi_in else '<'} {hi}")
+    return " and ".join(parts) or "finite"
+
+
+def check_range(key: str, value, where: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}: key '{key}' must be a finite number, got {value!r}")
+    if key not in RANGES:
+        return
+    lo, lo_in, hi, hi_in = RANGES[key]
+    bad = (lo is not None and (value < lo or (value == lo and not lo_in))) or \
+          (hi is not None and (value > hi or (value == hi and not hi_in)))
+    if bad:
+        raise ConfigError(f"{where}: key '{key}' must be {_range_text(lo, lo_in, hi, hi_in)}, got {value!r}")
+
+
+def defaults() -> dict:
+    """Every key with its default value."""
+    return {k: v[0] for k, v in DEFAULTS.items()}
 
 
 def _type_name(types) -> str:
@@ -123,6 +173,7 @@ def check_value(key: str, value, where: str):
                           f"({type(value).__name__})")
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{where}: key '{key}' must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    check_range(key, value, where)
     return value
 
 
@@ -135,14 +186,14 @@ def parse_override(text: str):
 
 def load_config(path=None, overrides=()) -> dict:
     """Defaults, then the YAML file, then key=value overrides; every value checked."""
-    cfg = {k: v[0] for k, v in DEFAULTS.items()}
+    cfg = defaults()
     if path is not None:
         path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist{_near_file(path)}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: expected a mapping of key: value, got {type(data).__name__}")
@@ -153,6 +204,16 @@ def load_config(path=None, overrides=()) -> dict:
         cfg[k] = check_value(k, v, f"command line '{ov}'")
     validate(cfg)
     return cfg
+
+
+def _near_file(path: Path) -> str:
+    """'; did you mean X?' for a mistyped config file name (demo.yml -> demo.yaml)."""
+    folder = path.parent if path.parent.is_dir() else Path("configs")
+    names = [p.name for p in folder.glob("*.y*ml")] if folder.is_dir() else []
+    near = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean {folder / near[0]}?"
+    return "; the embedded demo is configs/demo.yaml" if Path("configs/demo.yaml").exists() else ""
 
 
 def parse_fraction(value) -> Fraction:

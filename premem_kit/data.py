@@ -12,20 +12,22 @@ Every example is a dict with
 """
 from __future__ import annotations
 
-import json
-import os
 import random
 from pathlib import Path
 
-import grading
+from . import grading
+from .errors import KitError
+from .config import parse_fraction
+from .files import JsonlError
+from .files import read_jsonl as _read_jsonl_file
 
 PROMPT_SUFFIX = "\nAnswer:"
 TARGET_END = "\nDone."
 SUBSET_FRACTIONS = {"full": 1, "half": 2, "quarter": 4}
 
 
-class DataError(ValueError):
-    pass
+class DataError(KitError, ValueError):
+    """Bad or missing data; the message names the file (and line)."""
 
 
 def make_prompt(question: str, variant_text: str = "") -> str:
@@ -41,23 +43,10 @@ def make_target(solution: str) -> str:
 
 def read_jsonl(path, required=()) -> list[dict]:
     """Rows of a JSONL file; a malformed line is an error naming the file and line number."""
-    path = Path(path)
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}, line {lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}, line {lineno}: expected a JSON object, got {type(row).__name__}")
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise DataError(f"{path}, line {lineno}: missing key(s) {missing}; expected {list(required)}")
-            rows.append(row)
-    return rows
+    try:
+        return _read_jsonl_file(path, required)
+    except JsonlError as e:
+        raise DataError(str(e)) from None
 
 
 def _local_split(folder: Path, split: str, required) -> list[dict]:
@@ -183,8 +172,6 @@ def train_examples(cfg: dict) -> list[dict]:
         raise DataError("train examples have duplicate ids")
     ids = subset_ids([e["id"] for e in full], cfg["subset"], cfg["seed"])
     if cfg.get("subset_fraction") is not None:  # a prefix of the same seeded order: nested subsets
-        from config import parse_fraction
-
         ids = ids[: max(1, int(len(ids) * parse_fraction(cfg["subset_fraction"])))]
     if cfg["max_train_examples"]:
         ids = ids[: cfg["max_train_examples"]]
@@ -198,14 +185,17 @@ def encode(tokenizer, prompt: str, target: str, max_length: int | None = None) -
 
     The prompt is tokenized with the tokenizer's special tokens (BOS), the target without, and the two
     are concatenated, so the target tokens are the same whatever the prompt variant. Perplexity in
-    evaluate.py averages over exactly the positions with labels != -100 here.
+    evaluate.py averages over exactly the positions with labels != -100 here. `target_cut` says that
+    max_length cut the target (a prompt near max_length leaves as little as one target token).
     """
     p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     t = tokenizer(target, add_special_tokens=False)["input_ids"]
+    full = len(t)
     if max_length is not None and len(p) + len(t) > max_length:
         t = t[: max(max_length - len(p), 1)]
     ids = p + t
-    return {"input_ids": ids, "labels": [-100] * len(p) + list(t), "attention_mask": [1] * len(ids)}
+    return {"input_ids": ids, "labels": [-100] * len(p) + list(t), "attention_mask": [1] * len(ids),
+            "target_cut": len(t) < full}
 
 
 class Collator:

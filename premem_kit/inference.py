@@ -8,7 +8,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-import data as data_mod
+from . import data as data_mod
 
 STOP = data_mod.TARGET_END  # "\nDone."
 

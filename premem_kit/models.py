@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import KitError
+
 log = logging.getLogger("models")
 
 PYPI_MODELS = {
@@ -19,8 +21,8 @@ PYPI_MODELS = {
 }
 
 
-class ModelError(ValueError):
-    pass
+class ModelError(KitError, ValueError):
+    """A model that cannot be found or loaded; the message says where to get it."""
 
 
 def resolve_source(spec: str) -> tuple[str, str | None]:
@@ -162,6 +164,14 @@ def load_for_training(cfg: dict):
     return tok, model
 
 
+def check_adapter(checkpoint_dir) -> None:
+    """A LoRA checkpoint folder must hold an adapter written by train.py."""
+    ckpt = Path(checkpoint_dir)
+    if not (ckpt / "adapter_config.json").exists():
+        raise ModelError(f"{ckpt}: no adapter_config.json; not a LoRA checkpoint written by train.py "
+                         f"(delete its .complete marker and rerun train.py to redo it)")
+
+
 def load_checkpoint(cfg: dict, checkpoint_dir, base=None):
     """A saved checkpoint (adapter, or full model when lora_r=0) on its base model, in eval mode."""
     from peft import PeftModel
@@ -171,8 +181,7 @@ def load_checkpoint(cfg: dict, checkpoint_dir, base=None):
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(ckpt, dtype=resolve_dtype(cfg["dtype"])).eval()
-    if not (ckpt / "adapter_config.json").exists():
-        raise ModelError(f"{ckpt}: no adapter_config.json; not a LoRA checkpoint written by train.py")
+    check_adapter(ckpt)
     base = base if base is not None else load_base_model(cfg)
     return PeftModel.from_pretrained(base, str(ckpt)).eval()
 
