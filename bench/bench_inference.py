@@ -13,18 +13,17 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import data  # noqa: E402
-import inference  # noqa: E402
-import models  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: premem_kit
 
 GPU_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "L4": 0.3e12, "T4": 0.32e12}
 
 
 def naive_sampling(model, tok, prompts, n, max_new_tokens, seed):
     """One generate call per prompt (n return sequences each), no batching across prompts."""
+    import torch
+
+    from premem_kit import models
+
     torch.manual_seed(seed)
     dev = models.model_device(model)
     toks = 0
@@ -37,20 +36,26 @@ def naive_sampling(model, tok, prompts, n, max_new_tokens, seed):
     return toks
 
 
-@torch.no_grad()
 def naive_perplexity(model, tok, prompts, targets):
     """One forward per example through the model's own loss (logits at every position)."""
+    import torch
+
+    from premem_kit import data, models
+
     dev = models.model_device(model)
     out = []
-    for p, t in zip(prompts, targets):
-        f = data.encode(tok, p, t)
-        ids = torch.tensor([f["input_ids"]], device=dev)
-        lab = torch.tensor([f["labels"]], device=dev)
-        out.append(float(torch.exp(model(input_ids=ids, labels=lab).loss)))
+    with torch.no_grad():
+        for p, t in zip(prompts, targets):
+            f = data.encode(tok, p, t)
+            ids = torch.tensor([f["input_ids"]], device=dev)
+            lab = torch.tensor([f["labels"]], device=dev)
+            out.append(float(torch.exp(model(input_ids=ids, labels=lab).loss)))
     return out
 
 
 def timed(fn):
+    import torch
+
     t = time.perf_counter()
     r = fn()
     if torch.cuda.is_available():
@@ -71,6 +76,9 @@ def main():
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--quantization", default="none")
     a = ap.parse_args()
+    import torch  # after parsing: --help and bad arguments answer at once
+
+    from premem_kit import data, inference, models
 
     cfg = {"model": a.model, "quantization": a.quantization, "dtype": a.dtype, "attn_implementation": None}
     tok = models.load_tokenizer(a.model)

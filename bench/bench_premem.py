@@ -26,8 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import premem  # noqa: E402
-import records  # noqa: E402
+from premem_kit import files, records, runs  # noqa: E402
+from premem_kit.metric import predicted_test_accuracy  # noqa: E402
 
 LRS = [5e-7, 2e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4]
 PLANTED = -2.4
@@ -55,7 +55,7 @@ def build(root: Path, n_runs: int, n_ckpts: int, n_ex: int, n_test: int = 1319, 
         dirs.append(run)
         cfg = dict(task="gsm8k", model="synthetic", learning_rate=lr, num_epochs=num_epochs, subset="full",
                    batch_size=128, run_name=run.name)
-        records.atomic_write_text(run / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        files.atomic_write_text(runs.config_path(run), yaml.safe_dump(cfg, sort_keys=False))
         acc_all, ppl_all = [], []
         for k, step in enumerate(steps):
             prog = k / max(1, n_ckpts - 1) * speed
@@ -68,20 +68,20 @@ def build(root: Path, n_runs: int, n_ckpts: int, n_ex: int, n_test: int = 1319, 
                 pc.take(pool, pa.array(rng.integers(0, len(pool), n_ex * n_samples))),
             )
             epoch = float(step) / 58
-            tab = premem.record_table(train_ids, int(step), epoch, "train", types, ppl, np.full(n_ex, 120),
-                                      samples=samples)
-            premem.write_record_table(records.record_path(run, int(step), "train"), tab)
+            tab = records.record_table(train_ids, int(step), epoch, "train", types, ppl, np.full(n_ex, 120),
+                                       samples=samples)
+            records.write_table(runs.record_path(run, int(step), "train"), tab)
             acc_all.append((types == 0).mean(axis=1))
             ppl_all.append(ppl)
             # test accuracy tracks the planted PreMemAcc, plus sampling noise
-            target = premem.predicted_test_accuracy(np.array(acc_all), np.array(ppl_all), threshold_loglog=PLANTED)[-1]
+            target = predicted_test_accuracy(np.array(acc_all), np.array(ppl_all), threshold_loglog=PLANTED)[-1]
             ttypes = np.where(rng.random((n_test, n_samples)) < target, 0, 1)
             tsamples = pa.ListArray.from_arrays(
                 pa.array(np.arange(0, n_test * n_samples + 1, n_samples, dtype=np.int32)),
                 pc.take(pool, pa.array(rng.integers(0, len(pool), n_test * n_samples))),
             )
-            tab = premem.record_table(test_ids, int(step), epoch, "test", ttypes, samples=tsamples)
-            premem.write_record_table(records.record_path(run, int(step), "test"), tab)
+            tab = records.record_table(test_ids, int(step), epoch, "test", ttypes, samples=tsamples)
+            records.write_table(runs.record_path(run, int(step), "test"), tab)
         print(f"  built {run.name}: steps {steps.tolist()}", flush=True)
     return dirs
 

@@ -48,7 +48,8 @@ DEFAULTS: dict[str, tuple] = {
     "max_train_examples": (None, (int,), "cap on train examples after subsetting (demo, debugging)"),
     "max_length": (1024, (int,), "max prompt+target tokens; longer targets are cut at the end"),
     # --- optimization ---
-    "optimizer": ("adamw", (str,), "adamw | adam (adam = AdamW with weight_decay 0, identical maths)"),
+    "optimizer": ("adamw", (str,), "adamw | adam (AdamW with weight_decay 0, identical maths) | paged_adamw_8bit "
+                                   "(bitsandbytes' paged 8-bit AdamW: full finetuning of 8-9B models on one GPU)"),
     "learning_rate": (2e-5, (float,), "peak learning rate"),
     "lr_scheduler": ("linear", (str,), "linear | cosine | constant | constant_with_warmup"),
     "warmup_steps": (20, (int,), "warmup steps (used when warmup_ratio is 0)"),
@@ -89,7 +90,7 @@ CHOICES = {
     "dtype": ("auto", "bf16", "fp16", "fp32"),
     "task": ("gsm8k", "math"),
     "subset": ("full", "half", "quarter"),
-    "optimizer": ("adamw", "adam"),
+    "optimizer": ("adamw", "adam", "paged_adamw_8bit"),
     "lr_scheduler": ("linear", "cosine", "constant", "constant_with_warmup"),
     "train_file_mode": ("replace", "append"),
 }

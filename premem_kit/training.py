@@ -28,6 +28,10 @@ NON_TRAINING_KEYS = {k for k in config_mod.DEFAULTS if k.startswith("eval_")} | 
     "dataloader_num_workers", "logging_steps", "save_every_steps"}
 
 
+# config `optimizer` -> the Trainer's `optim` (the HF Trainer builds each from its maintained library)
+OPTIMIZERS = {"adamw": "adamw_torch", "adam": "adamw_torch", "paged_adamw_8bit": "paged_adamw_8bit"}
+
+
 def saving_marker(run, step: int) -> Path:
     """Written just before the Trainer writes checkpoint-<step>; removed once it is complete."""
     return Path(run) / f"checkpoint-{int(step)}.saving"
@@ -98,8 +102,8 @@ def training_arguments(cfg: dict, run: Path, world_size: int):
         learning_rate=cfg["learning_rate"], lr_scheduler_type=cfg["lr_scheduler"],
         # transformers 5: a float in (0, 1) is a ratio of all steps
         warmup_steps=cfg["warmup_ratio"] if cfg["warmup_ratio"] else cfg["warmup_steps"],
-        weight_decay=cfg["weight_decay"] if cfg["optimizer"] == "adamw" else 0.0,
-        optim="adamw_torch", max_grad_norm=cfg["max_grad_norm"], logging_steps=cfg["logging_steps"],
+        weight_decay=0.0 if cfg["optimizer"] == "adam" else cfg["weight_decay"],
+        optim=OPTIMIZERS[cfg["optimizer"]], max_grad_norm=cfg["max_grad_norm"], logging_steps=cfg["logging_steps"],
         save_strategy="epoch", save_total_limit=None, seed=cfg["seed"], data_seed=cfg["seed"],
         bf16=on_gpu and dtype == torch.bfloat16, fp16=on_gpu and dtype == torch.float16,
         activation_checkpointing=gc, activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,

@@ -1,6 +1,8 @@
-"""curation.py (curate.py select/collect/algo1/fig8): each strategy's P'(x) on synthetic records with hand-
-computed ids, the pool collector's draws, the rephrase collector against a real HTTP server on
-127.0.0.1, Algorithm 1's round-level resume on the tiny model, and the Figure 8 ratio."""
+"""Algorithm 1 (curate.py select/collect/algo1/fig8; premem_kit selection, collectors, chat, algorithm1,
+fig8): each strategy's P'(x) on synthetic records with hand-computed ids, the pool collector's draws,
+the rephrase collector against a real HTTP server on 127.0.0.1, Algorithm 1's round-level resume on the
+tiny model, the IFD scorer set-up, and Figure 8's runner, ratio and figure with injected train and
+evaluate functions."""
 import json
 import math
 import threading
@@ -12,20 +14,13 @@ import pytest
 import yaml
 
 import curate
-import curation
-import data as data_mod
-import records
-from conftest import DEMO_DATA, tiny_cfg
+from conftest import DEMO_DATA, tiny_cfg, write_synthetic_run
+from premem_kit import algorithm1, chat, collectors, fig8, runs, selection
+from premem_kit import data as data_mod
+from premem_kit.curation import CurationError
+from premem_kit.files import read_jsonl
 
 # ----------------------------------------------------------------------------- synthetic run
-
-
-def _record(i, step, acc, ppl, split="train"):
-    n = 4
-    k = round(acc * n)
-    outs = ["correct"] * k + ["incorrect"] * (n - k)
-    return {"id": i, "step": step, "epoch": step / 4, "split": split, "variant": "original", "samples": ["x"] * n,
-            "answers": ["1"] * n, "outcomes": outs, "accuracy": k / n, "perplexity": ppl, "target_tokens": 10}
 
 
 # (acc at steps 4, 8), (ppl at steps 4, 8), PreMemAcc with loglog threshold -2.3 (ppl 1.1055)
@@ -41,44 +36,40 @@ SYNTH = {
 
 
 def synthetic_run(tmp_path) -> Path:
-    run = tmp_path / "run"
-    (run / "records").mkdir(parents=True)
     extra = tmp_path / "extra.jsonl"
     extra.write_text(json.dumps({"id": "curated/premem/r1/c0", "question": "Q?", "answer": "a\nb\n#### 3",
                                  "source_id": "gsm8k/train/10", "round": 1}) + "\n")
+    run = tmp_path / "run"
     cfg = tiny_cfg("unused-model", run, train_file=str(extra), train_file_mode="append")
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (run / "subset_ids.json").write_text(json.dumps(list(SYNTH)))
-    for k, step in enumerate((4, 8)):
-        rows = [_record(i, step, a[k], p[k]) for i, (a, p) in SYNTH.items()]
-        records.write_records(records.record_path(run, step, "train"), rows)
-    return run
+    acc = [[a[k] for a, _ in SYNTH.values()] for k in range(2)]
+    ppl = [[p[k] for _, p in SYNTH.values()] for k in range(2)]
+    return write_synthetic_run(run, [4, 8], acc, ppl, ids=list(SYNTH), config=cfg)
 
 
 def test_premem_and_iid_selection_on_synthetic_records(tmp_path):
     run = synthetic_run(tmp_path)
-    exs = curation.run_train_examples(run)
-    pm = curation.premem_scores(run, mem_threshold=-2.3)
+    exs = selection.run_train_examples(run)
+    pm = selection.premem_scores(run, mem_threshold=-2.3)
     assert pm == pytest.approx({"gsm8k/train/0": 1.0, "gsm8k/train/1": 0.0, "gsm8k/train/2": 0.5,
                                 "gsm8k/train/3": 0.75, "gsm8k/train/4": 0.0, "gsm8k/train/5": 0.5,
                                 "curated/premem/r1/c0": 0.0})
-    sel = curation.select_ids("premem", exs, "gsm8k", premem=pm, t=0.75)
+    sel = selection.select_ids("premem", exs, "gsm8k", premem=pm, t=0.75)
     assert sel["selected"] == ["gsm8k/train/1", "gsm8k/train/2", "gsm8k/train/4", "gsm8k/train/5",
                                "curated/premem/r1/c0"]
     # a curated row makes its source eligible
     assert sel["sources"] == ["gsm8k/train/1", "gsm8k/train/2", "gsm8k/train/4", "gsm8k/train/5",
                               "gsm8k/train/10"]
-    assert curation.select_ids("premem", exs, "gsm8k", premem=pm, t=0.5)["selected"] == [
+    assert selection.select_ids("premem", exs, "gsm8k", premem=pm, t=0.5)["selected"] == [
         "gsm8k/train/1", "gsm8k/train/4", "curated/premem/r1/c0"]
-    iid = curation.select_ids("iid", exs, "gsm8k")
+    iid = selection.select_ids("iid", exs, "gsm8k")
     assert iid["selected"] == list(SYNTH) and len(iid["sources"]) == 7
     # the CLI writes the same selection
     out = tmp_path / "sel.json"
     assert curate.main(["select", str(run), "--strategy", "premem", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["selected"] == sel["selected"]
     # PreMemAcc missing for an example is an error, not a silent skip
-    with pytest.raises(curation.CurationError, match="no PreMemAcc for 1"):
-        curation.select_ids("premem", exs, "gsm8k", premem={k: v for k, v in pm.items() if k != "gsm8k/train/3"})
+    with pytest.raises(CurationError, match="no PreMemAcc for 1"):
+        selection.select_ids("premem", exs, "gsm8k", premem={k: v for k, v in pm.items() if k != "gsm8k/train/3"})
 
 
 def _ex(i, sol="", level=None):
@@ -88,33 +79,32 @@ def _ex(i, sol="", level=None):
 def test_heuristic_and_ifd_selection_exact_ids():
     lines = [3, 1, 4, 1, 5, 9, 2, 6]
     exs = [_ex(i, "\n".join(["step"] * (n - 1) + [f"#### {i}"])) for i, n in enumerate(lines)]
-    sel = curation.select_ids("heuristic", exs, "gsm8k")  # top 50% by number of lines
+    sel = selection.select_ids("heuristic", exs, "gsm8k")  # top 50% by number of lines
     assert sel["selected"] == ["x/2", "x/4", "x/5", "x/7"] and sel["fraction"] == 0.5
     levels = [1, 3, 2, 3, 1, 2, 3, 1]
     mexs = [_ex(i, "s", lv) for i, lv in enumerate(levels)]
     # top 75% = 6 of 8 by level; the level-1 tie keeps the first (x/0)
-    assert curation.select_ids("heuristic", mexs, "math")["selected"] == ["x/0", "x/1", "x/2", "x/3", "x/5", "x/6"]
+    assert selection.select_ids("heuristic", mexs, "math")["selected"] == ["x/0", "x/1", "x/2", "x/3", "x/5", "x/6"]
     ifd = {f"x/{i}": s for i, s in enumerate([0.9, 1.2, 0.3, 1.1, 0.95, 0.2, 1.0, 0.99])}
-    assert curation.select_ids("ifd", exs, "gsm8k", ifd=ifd)["selected"] == ["x/1", "x/3", "x/6", "x/7"]
-    assert curation.select_ids("ifd", exs, "math", ifd=ifd)["selected"] == ["x/0", "x/1", "x/3", "x/4", "x/6",
+    assert selection.select_ids("ifd", exs, "gsm8k", ifd=ifd)["selected"] == ["x/1", "x/3", "x/6", "x/7"]
+    assert selection.select_ids("ifd", exs, "math", ifd=ifd)["selected"] == ["x/0", "x/1", "x/3", "x/4", "x/6",
                                                                            "x/7"]
-    assert curation.top_fraction(["a", "b", "c", "d"], {"a": 1, "b": 2, "c": 2, "d": 1}, 0.75) == ["a", "b", "c"]
-    with pytest.raises(curation.CurationError, match="unknown strategy"):
-        curation.select_ids("random", exs, "gsm8k")
+    assert selection.top_fraction(["a", "b", "c", "d"], {"a": 1, "b": 2, "c": 2, "d": 1}, 0.75) == ["a", "b", "c"]
+    with pytest.raises(CurationError, match="unknown strategy"):
+        selection.select_ids("random", exs, "gsm8k")
 
 
 def test_ifd_scores_are_the_perplexity_ratio_and_cached(tmp_path, tiny_model):
-    import inference
-    import models
+    from premem_kit import inference, models
 
     cfg = tiny_cfg(tiny_model, tmp_path / "r")
     exs = data_mod.load_split("gsm8k", str(DEMO_DATA), "train")[:4]
     cache = tmp_path / "ifd.jsonl"
-    got = curation.ifd_scores(exs, cfg, None, cache)
+    got = selection.ifd_scores(exs, cfg, None, cache)
     tok = models.load_tokenizer(str(tiny_model))
     model = models.load_base_model(cfg).eval()
     cond, _ = inference.perplexities(model, tok, [e["prompt"] for e in exs], [e["target"] for e in exs], progress=False)
-    assert curation._bos_prompt(tok) == ""  # the tiny tokenizer adds <s> itself
+    assert selection.bos_prompt(tok) == ""  # the tiny tokenizer adds <s> itself
     unc, _ = inference.perplexities(model, tok, [""] * 4, [e["target"] for e in exs], progress=False)
     for e, c, u in zip(exs, cond, unc):
         assert got[e["id"]] == pytest.approx(c / u, rel=1e-4)
@@ -124,7 +114,7 @@ def test_ifd_scores_are_the_perplexity_ratio_and_cached(tmp_path, tiny_model):
     def boom():
         raise AssertionError("model loaded although every score is cached")
 
-    assert curation.ifd_scores(exs, cfg, None, cache, loader=boom) == got
+    assert selection.ifd_scores(exs, cfg, None, cache, loader=boom) == got
 
 
 # ----------------------------------------------------------------------------- pool collector
@@ -136,16 +126,16 @@ def test_pool_collector_never_draws_outside_p_prime_nor_twice():
     eligible = {"gsm8k/train/1", "gsm8k/train/4", "gsm8k/train/7"}  # 18 candidates
     used, drawn = set(), []
     for rnd in range(5):
-        rows, st = curation.pool_collect(pool, eligible, 5, used, seed=rnd)
+        rows, st = collectors.pool_collect(pool, eligible, 5, used, seed=rnd)
         assert all(r["source_id"] in eligible for r in rows)
         assert not {r["id"] for r in rows} & used
         used |= {r["id"] for r in rows}
         drawn += rows
     assert len(drawn) == len(used) == 18  # every eligible candidate once, then nothing left
     assert st == {"eligible": 0, "drawn": 0, "wanted": 5, "shortfall": 5}
-    a, _ = curation.pool_collect(pool, eligible, 6, seed=3)
-    b, _ = curation.pool_collect(pool, eligible, 6, seed=3)
-    c, _ = curation.pool_collect(pool, eligible, 6, seed=4)
+    a, _ = collectors.pool_collect(pool, eligible, 6, seed=3)
+    b, _ = collectors.pool_collect(pool, eligible, 6, seed=3)
+    c, _ = collectors.pool_collect(pool, eligible, 6, seed=4)
     assert a == b and a != c  # seeded
 
 
@@ -160,27 +150,27 @@ def test_pool_file_and_holdout_pool(tmp_path):
          "type": "GSM_Rephrased"},
         {"query": "Q?", "response": "x. The answer is: 1", "original_question": "not in the data"},
     ]) + "\n")
-    rows = curation.load_pool(p, "gsm8k", split)
+    rows = collectors.load_pool(p, "gsm8k", split)
     assert [(r["id"], r["source_id"]) for r in rows] == [("a", "gsm8k/train/1"), ("pool/2", "gsm8k/train/3"),
                                                          ("pool/3", "gsm8k/train/9")]
     assert rows[2]["answer"] == "Add them.\n#### 12"
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "Q", "answer": "#### 1", "source_id": "gsm8k/train/1"}) + "\n"
                    + json.dumps({"question": "Q", "answer": "#### 1"}) + "\n")
-    with pytest.raises(curation.CurationError, match=r"bad.jsonl, line 2: a pool row needs source_id"):
-        curation.load_pool(bad, "gsm8k", split)
+    with pytest.raises(CurationError, match=r"bad.jsonl, line 2: a pool row needs source_id"):
+        collectors.load_pool(bad, "gsm8k", split)
     bad.write_text(json.dumps({"question": "Q", "answer": "#### 1", "source_id": "gsm8k/train/99999"}) + "\n")
-    with pytest.raises(curation.CurationError, match=r"line 1: source_id 'gsm8k/train/99999' is not"):
-        curation.load_pool(bad, "gsm8k", split)
+    with pytest.raises(CurationError, match=r"line 1: source_id 'gsm8k/train/99999' is not"):
+        collectors.load_pool(bad, "gsm8k", split)
     # offline pool: the train split minus the seed set, each row's source its nearest seed question
     seed_ids = [e["id"] for e in split[:10]]
     near = dict(split[50])
     near["id"], near["question"] = "copy", split[4]["question"] + " Please."
-    hold = curation.holdout_pool(split[:40] + [near], seed_ids, "gsm8k")
+    hold = collectors.holdout_pool(split[:40] + [near], seed_ids, "gsm8k")
     assert len(hold) == 31 and not {r["id"] for r in hold} & set(seed_ids)
     assert all(r["source_id"] in seed_ids for r in hold)
     assert next(r for r in hold if r["id"] == "copy")["source_id"] == "gsm8k/train/4"
-    assert len(curation.holdout_pool(split[:40], seed_ids, "gsm8k", size=7)) == 7
+    assert len(collectors.holdout_pool(split[:40], seed_ids, "gsm8k", size=7)) == 7
 
 
 # ----------------------------------------------------------------------------- rephrase collector
@@ -240,9 +230,9 @@ def test_rephrase_collector_against_local_http_server(tmp_path, stub_server):
     stub_server.answers = {e["question"]: e["reference"] for e in srcs}
     stub_server.wrong = {srcs[1]["question"]}
     cache_path = tmp_path / "cache.jsonl"
-    chat = curation.OpenAIChat(rpm=1200, backoff=0.01)
-    rows, st = curation.rephrase_collect(chat, curation.ResponseCache(cache_path), srcs, 10, "gsm8k", seed=0,
-                                         max_attempts=6, progress=False)
+    client = chat.OpenAIChat(rpm=1200, backoff=0.01)
+    rows, st = collectors.rephrase_collect(client, chat.ResponseCache(cache_path), srcs, 10, "gsm8k", seed=0,
+                                           max_attempts=6, progress=False)
     reqs = stub_server.requests
     # 6 attempts (2 per source) + 1 retry after the 429; 10 wanted, 4 kept
     assert st["requests"] == 6 and st["accepted"] == 4 and st["rejected_wrong"] == 2 and len(reqs) == 7
@@ -258,39 +248,46 @@ def test_rephrase_collector_against_local_http_server(tmp_path, stub_server):
         assert r["answer"].endswith(f"#### {src['reference']}")
     assert len(cache_path.read_text().splitlines()) == 6
     # a rerun is answered from the cache: not one request
-    chat2 = curation.OpenAIChat(rpm=1200, backoff=0.01)
-    rows2, st2 = curation.rephrase_collect(chat2, curation.ResponseCache(cache_path), srcs, 10, "gsm8k", seed=0,
-                                           max_attempts=6, progress=False)
+    chat2 = chat.OpenAIChat(rpm=1200, backoff=0.01)
+    rows2, st2 = collectors.rephrase_collect(chat2, chat.ResponseCache(cache_path), srcs, 10, "gsm8k", seed=0,
+                                             max_attempts=6, progress=False)
     assert rows2 == rows and st2["cached"] == 6 and st2.get("requests", 0) == 0
     assert len(stub_server.requests) == 7 and chat2.requests == 0
+    # a kill during an append leaves a torn last line: dropped on open, so the next append gets a line
+    with open(cache_path, "a") as f:
+        f.write('{"key": "torn", "resp')
+    cache = chat.ResponseCache(cache_path)
+    assert len(cache.data) == 6 and cache.get("torn") is None
+    cache.put("k7", {"x": 1}, "text")
+    assert chat.ResponseCache(cache_path).get("k7") == "text" and len(cache_path.read_text().splitlines()) == 7
 
 
 def test_rephrase_http_error_is_reported(stub_server, monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens on port 9
-    chat = curation.OpenAIChat(max_retries=1, backoff=0.01)
-    with pytest.raises(curation.CurationError, match="127.0.0.1:9/v1/chat/completions"):
-        chat([{"role": "user", "content": "hi"}])
+    client = chat.OpenAIChat(max_retries=1, backoff=0.01)
+    with pytest.raises(CurationError, match="127.0.0.1:9/v1/chat/completions"):
+        client([{"role": "user", "content": "hi"}])
 
 
 # ----------------------------------------------------------------------------- Algorithm 1 resume
 
 
 def test_algorithm1_resumes_at_round_granularity(tmp_path, tiny_model, monkeypatch):
-    import train
+    from premem_kit.training import run_training
 
     cfg = tiny_cfg(tiny_model, tmp_path / "unused", max_train_examples=4, batch_size=2, micro_batch_size=2,
                    num_epochs=1, eval_base_model=False, eval_samples=1, eval_max_new_tokens=8,
                    eval_test_examples=2, max_length=256)
     seed = data_mod.train_examples(cfg)
     split = data_mod.load_split("gsm8k", str(DEMO_DATA), "train")
-    pool = curation.holdout_pool(split, [e["id"] for e in seed], "gsm8k", size=30)
+    pool = collectors.holdout_pool(split, [e["id"] for e in seed], "gsm8k", size=30)
     trained = []
 
     def train_fn(c):
         trained.append((c["run_dir"], (Path(c["run_dir"]) / "train_summary.json").exists()))
-        return train.run_training(c)
+        return run_training(c)
 
-    real_collect = curation.pool_collect
+    real_collect = collectors.pool_collect
     calls = []
 
     def failing_collect(*a, **k):
@@ -301,16 +298,16 @@ def test_algorithm1_resumes_at_round_granularity(tmp_path, tiny_model, monkeypat
 
     out = tmp_path / "algo1"
     kw = dict(strategy="premem", rounds=1, n_new=2, pool=pool, pool_name="holdout", seed_examples=seed)
-    monkeypatch.setattr(curation, "pool_collect", failing_collect)
+    monkeypatch.setattr(collectors, "pool_collect", failing_collect)
     with pytest.raises(KeyboardInterrupt):  # round 0 interrupted after training and evaluation
-        curation.run_algorithm1(cfg, out, train_fn=train_fn, **kw)
+        algorithm1.run_algorithm1(cfg, out, train_fn=train_fn, **kw)
     assert (out / "round-0" / "run" / "train_summary.json").exists()
     assert not (out / "round-0" / "done.json").exists() and not (out / "round-1").exists()
-    monkeypatch.setattr(curation, "pool_collect", real_collect)
+    monkeypatch.setattr(collectors, "pool_collect", real_collect)
     summary0 = (out / "round-0" / "run" / "train_summary.json").stat().st_mtime_ns
     records0 = sorted(p.name for p in (out / "round-0" / "run" / "records").iterdir())
     trained.clear()
-    s = curation.run_algorithm1(cfg, out, train_fn=train_fn, **kw)
+    s = algorithm1.run_algorithm1(cfg, out, train_fn=train_fn, **kw)
     # round 0's finished training and records are reused, not redone; round 1 trains
     assert [(Path(r).parent.name, done) for r, done in trained] == [("round-0", True), ("round-1", False)]
     assert (out / "round-0" / "run" / "train_summary.json").stat().st_mtime_ns == summary0
@@ -326,10 +323,10 @@ def test_algorithm1_resumes_at_round_granularity(tmp_path, tiny_model, monkeypat
     assert len(json.loads((out / "round-1" / "run" / "subset_ids.json").read_text())) == 6
     # a third run skips every done round whole; other settings in the same folder are an error
     trained.clear()
-    assert curation.run_algorithm1(cfg, out, train_fn=train_fn, **kw)["rounds"] == s["rounds"]
+    assert algorithm1.run_algorithm1(cfg, out, train_fn=train_fn, **kw)["rounds"] == s["rounds"]
     assert trained == []
-    with pytest.raises(curation.CurationError, match=r"n_new: \[2\] -> \[3\]"):
-        curation.run_algorithm1(cfg, out, train_fn=train_fn, **{**kw, "n_new": 3})
+    with pytest.raises(CurationError, match=r"n_new: \[2\] -> \[3\]"):
+        algorithm1.run_algorithm1(cfg, out, train_fn=train_fn, **{**kw, "n_new": 3})
 
 
 # ----------------------------------------------------------------------------- Figure 8 ratio
@@ -339,20 +336,20 @@ def test_sample_efficiency_ratio_and_figure(tmp_path):
     ns = [100, 200, 400, 800]
     iid = (ns, [0.2, 0.3, 0.4, 0.5])        # +0.1 per doubling
     prem = (ns, [0.3, 0.4, 0.5, 0.6])       # the same curve with half the examples
-    assert curation.examples_needed(*iid, 0.45) == pytest.approx(400 * math.sqrt(2))
-    assert curation.examples_needed(*iid, 0.55) is None
-    r = curation.sample_efficiency_ratio(iid, prem)
+    assert fig8.examples_needed(*iid, 0.45) == pytest.approx(400 * math.sqrt(2))
+    assert fig8.examples_needed(*iid, 0.55) is None
+    r = fig8.sample_efficiency_ratio(iid, prem)
     assert r["geomean"] == pytest.approx(2.0) and [lv["ratio"] for lv in r["levels"]] == pytest.approx([2, 2])
     assert r["at_final"] is None and r["lower_bound"] == pytest.approx(1.0)
     prem3 = ([100, 300, 900], [0.2, 0.4, 0.5])  # premem reaches 0.5 at 900 (iid: 800)
-    assert curation.sample_efficiency_ratio(iid, prem3)["at_final"] == pytest.approx(800 / 900)
-    flat = curation.sample_efficiency_ratio((ns, [0] * 4), (ns, [0] * 4))
+    assert fig8.sample_efficiency_ratio(iid, prem3)["at_final"] == pytest.approx(800 / 900)
+    flat = fig8.sample_efficiency_ratio((ns, [0] * 4), (ns, [0] * 4))
     assert flat["at_final"] is None and flat["geomean"] is None and "undefined" in flat["note"]
     res = {"task": "gsm8k", "model": "m", "curves": {s: [{"n_train": n, "test_accuracy": a} for n, a in zip(*c)]
                                                     for s, c in (("iid", iid), ("premem", prem))},
            "sample_efficiency_ratio": r}
-    paths = curation.plot_fig8(res, tmp_path / "fig8")
-    assert all(Path(p).stat().st_size > 1000 for p in paths) and paths[1].endswith(".pdf")
+    assert fig8.plot_fig8(res, tmp_path) == ["fig8.png", "fig8.pdf"]
+    assert all((tmp_path / n).stat().st_size > 1000 for n in ("fig8.png", "fig8.pdf"))
 
 
 def test_cli_bad_input_names_the_problem(tmp_path, capsys):
@@ -368,17 +365,148 @@ def test_cli_bad_input_names_the_problem(tmp_path, capsys):
     assert curate.main(["select", str(tmp_path), "--strategy", "premem", "--out", str(tmp_path / "s.json")]) == 2
     assert "config.yaml" in capsys.readouterr().err
     assert not out.exists()
+    # a bad --n-new fails before anything trains; key=value overrides may follow the options
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_cfg("unused-model", tmp_path / "r", max_train_examples=8)))
+    assert curate.main(["algo1", str(recipe), "--out", str(tmp_path / "a1"), "--n-new", "two", "--pool", "holdout",
+                        "seed=3"]) == 2
+    assert "curate.py algo1: error: --n-new value 'two'" in capsys.readouterr().err
+    assert not (tmp_path / "a1").exists() and not (tmp_path / "r").exists()
+
+
+def test_cli_select_then_collect_from_the_holdout_pool(tmp_path, capsys):
+    run = synthetic_run(tmp_path)
+    sel_path, new = tmp_path / "sel.json", tmp_path / "new.jsonl"
+    assert curate.main(["select", str(run), "--strategy", "premem", "--out", str(sel_path)]) == 0
+    sel = json.loads(sel_path.read_text())
+    args = ["collect", "--selection", str(sel_path), "--n", "3", "--pool", "holdout", "--seed", "1"]
+    assert curate.main([*args, "--out", str(new)]) == 0
+    assert "collected 3 of 3" in capsys.readouterr().out
+    rows = read_jsonl(new)
+    assert len(rows) == 3 and all(r["source_id"] in sel["sources"] for r in rows)
+    assert all(r["id"] == f"curated/{r['candidate_id']}" and (r["strategy"], r["collector"]) == ("premem", "pool")
+               for r in rows)
+    assert len(data_mod.load_extra_file(new, "gsm8k")) == 3  # a train_file train.py accepts
+    # the same draw with the first file excluded gives other candidates
+    assert curate.main([*args, "--out", str(tmp_path / "more.jsonl"), "--exclude", str(new)]) == 0
+    more = read_jsonl(tmp_path / "more.jsonl")
+    assert len(more) == 3 and not {r["candidate_id"] for r in more} & {r["candidate_id"] for r in rows}
 
 
 def test_n_new_counts_and_multiples_of_the_seed_set():
     # the authors' MATH schedule: each round adds as much new data as there already is (1x 2x 4x 8x)
-    assert curation._n_new_list(["1x", "2x", "4x", "8x"], 4, 3506) == [3506, 7012, 14024, 28048]
-    assert curation._n_new_list(["500"], 3, 10) == [500, 500, 500]
-    assert curation._n_new_list(7, 2, 10) == [7, 7]
-    assert curation._n_new_list(["0.5x", "12"], 2, 9) == [4, 12]  # round(4.5) -> 4 (banker's), then a count
-    with pytest.raises(curation.CurationError, match="--n-new has 2 values for 3 rounds"):
-        curation._n_new_list(["1x", "2x"], 3, 10)
-    with pytest.raises(curation.CurationError, match="--n-new value 'two': expected a count like 500"):
-        curation._n_new_list(["two"], 1, 10)
-    with pytest.raises(curation.CurationError, match="must be >= 0"):
-        curation._n_new_list(["-1x"], 1, 10)
+    assert algorithm1.n_new_list(["1x", "2x", "4x", "8x"], 4, 3506) == [3506, 7012, 14024, 28048]
+    assert algorithm1.n_new_list(["500"], 3, 10) == [500, 500, 500]
+    assert algorithm1.n_new_list(7, 2, 10) == [7, 7]
+    assert algorithm1.n_new_list(["0.5x", "12"], 2, 9) == [4, 12]  # round(4.5) -> 4 (banker's), then a count
+    with pytest.raises(CurationError, match="--n-new has 2 values for 3 rounds"):
+        algorithm1.n_new_list(["1x", "2x"], 3, 10)
+    with pytest.raises(CurationError, match="--n-new value 'two': expected a count like 500"):
+        algorithm1.n_new_list(["two"], 1, 10)
+    with pytest.raises(CurationError, match="must be >= 0"):
+        algorithm1.n_new_list(["-1x"], 1, 10)
+
+
+# ----------------------------------------------------------------------------- injected train / evaluate
+
+
+def fake_train_fn(calls):
+    """A train function that writes a finished run folder without a model: config.yaml, subset_ids.json,
+    train records at steps 1 and 2 (PreMemAcc 0.5 for every other example, 1.0 for the rest), complete
+    checkpoints and train_summary.json."""
+    def train_fn(cfg):
+        from premem_kit.files import atomic_write_json
+
+        calls.append(dict(cfg))
+        ids = [e["id"] for e in data_mod.train_examples(cfg)]
+        acc = [0.5 if j % 2 == 0 else 1.0 for j in range(len(ids))]
+        run = write_synthetic_run(cfg["run_dir"], [1, 2], [acc, acc], [[2.0] * len(ids)] * 2, ids=ids, config=cfg,
+                                  complete_checkpoints=True)
+        atomic_write_json(runs.summary_path(run), {"examples": len(ids)})
+        return {"examples": len(ids)}
+    return train_fn
+
+
+def test_ifd_scorer_trains_once_on_the_test_split(tmp_path):
+    from premem_kit.config import ConfigError
+
+    base = tiny_cfg("unused-model", tmp_path / "recipe_run", max_train_examples=8, num_epochs=3)
+    calls = []
+    folder = tmp_path / "ifd-scorer"
+    cfg, ckpt = algorithm1.ensure_ifd_scorer(base, folder, fake_train_fn(calls), epochs=2, n=5)
+    # the recipe, trained on the first 5 test examples as its whole train set, for 2 epochs, in its own folder
+    assert calls == [cfg]
+    assert {k for k in base if base[k] != cfg[k]} == {"run_dir", "train_file", "num_epochs", "max_train_examples",
+                                                       "eval_train_examples"}
+    assert cfg["run_dir"] == str(folder / "run") and cfg["num_epochs"] == 2
+    assert cfg["train_file"] == str(folder / "test_as_train.jsonl") and cfg["train_file_mode"] == "replace"
+    assert cfg["max_train_examples"] is None and cfg["eval_train_examples"] is None
+    test = data_mod.load_split("gsm8k", str(DEMO_DATA), "test")[:5]
+    assert [r["id"] for r in read_jsonl(folder / "test_as_train.jsonl")] == [f"gsm8k/test/{i}" for i in range(5)]
+    trained_on = sorted(data_mod.train_examples(cfg), key=lambda e: e["id"])  # a seeded order
+    assert [(e["id"], e["question"], e["solution"]) for e in trained_on] == [
+        (e["id"], e["question"], e["solution"]) for e in test]
+    assert ckpt == folder / "run" / "checkpoint-2"
+    # a second call reuses the finished scorer: no training
+    assert algorithm1.ensure_ifd_scorer(base, folder, fake_train_fn(calls), epochs=2, n=5) == (cfg, ckpt)
+    assert len(calls) == 1
+    # another number of test examples or of epochs is an error, not a silent reuse
+    with pytest.raises(CurationError, match="holds other test examples"):
+        algorithm1.ensure_ifd_scorer(base, folder, fake_train_fn(calls), epochs=2, n=6)
+    with pytest.raises(ConfigError, match="num_epochs"):
+        algorithm1.ensure_ifd_scorer(base, folder, fake_train_fn(calls), epochs=3, n=5)
+    assert len(calls) == 1
+
+
+# test accuracy per strategy and round (round 0 is shared)
+FIG8_ACC = {"premem": [0.2, 0.4, 0.5], "iid": [0.2, 0.3, 0.45], "heuristic": [0.2, 0.25, 0.35]}
+
+
+def test_fig8_runner_curves_ratio_and_figure(tmp_path):
+    base = tiny_cfg("models/tiny-lm", tmp_path / "recipe_run", max_train_examples=8)
+    seed_ids = [e["id"] for e in data_mod.train_examples(base)]
+    pool = collectors.holdout_pool(data_mod.load_split("gsm8k", str(DEMO_DATA), "train"), seed_ids, "gsm8k")
+    out = tmp_path / "fig8"
+    calls, evals = [], []
+
+    def eval_fn(run, train_records):
+        evals.append((Path(run), train_records))
+        rdir = Path(run).parent  # OUT/<strategy>/round-K or the shared OUT/round-0
+        k = int(rdir.name.split("-")[1])
+        return FIG8_ACC[rdir.parent.name if k else "premem"][k]
+
+    kw = dict(strategies=("premem", "iid", "heuristic"), rounds=2, n_new=["1x"], pool=pool, pool_name="holdout",
+              train_fn=fake_train_fn(calls), eval_fn=eval_fn)
+    res = fig8.run_fig8(base, out, **kw)
+    assert json.loads((out / "fig8.json").read_text()) == res
+    assert res["n_new"] == [8, 8] and res["seed_examples"] == 8
+    for s, accs in FIG8_ACC.items():
+        assert res["curves"][s] == [{"n_train": n, "test_accuracy": a, "round": k}
+                                    for k, (n, a) in enumerate(zip([8, 16, 24], accs))]
+    # round 0 trains once per strategy in the one shared folder (the real train function then returns at
+    # once); premem alone asks for train records, and not in its last round
+    assert sorted({c["run_dir"] for c in calls}) == sorted(
+        [str(out / "round-0" / "run")] + [str(out / s / f"round-{k}" / "run") for s in FIG8_ACC for k in (1, 2)])
+    assert [r for r, tr in evals if tr] == [out / "round-0" / "run", out / "premem" / "round-1" / "run"]
+    # the ratio by hand: iid reaches premem's 0.4 (premem at 16 examples) between 16 (0.3) and 24 (0.45),
+    # 2/3 of the way in log size: 16 * 1.5 ** (2/3) examples; premem's 0.5 is beyond iid's best 0.45
+    r = res["sample_efficiency_ratio"]
+    want = 16 * 1.5 ** (2 / 3) / 16
+    assert r["geomean"] == pytest.approx(want) and [lv["accuracy"] for lv in r["levels"]] == [0.4]
+    assert r["levels"][0]["iid"] == pytest.approx(16 * 1.5 ** (2 / 3)) and r["levels"][0]["premem"] == pytest.approx(16)
+    assert r["at_final"] is None and r["lower_bound"] == pytest.approx(24 / 24)
+    # the figure: one line per strategy through its points, log size axis, the ratio in the title
+    assert all((out / f"fig8.{ext}").stat().st_size > 1000 for ext in ("png", "pdf"))
+    ax = fig8.fig8_figure(res).axes[0]
+    lines = ax.get_lines()
+    assert [ln.get_label() for ln in lines] == ["PreMemAcc (ours)", "i.i.d.", "heuristic"]
+    assert [ln.get_label() for ln in lines] == [t.get_text() for t in ax.get_legend().get_texts()]
+    for ln, accs in zip(lines, FIG8_ACC.values()):
+        assert list(ln.get_xdata()) == [8, 16, 24] and list(ln.get_ydata()) == accs
+    assert ax.get_xscale() == "log" and list(ax.get_xticks()) == [8, 16, 24]
+    assert ax.get_xlabel() == "number of training examples" and ax.get_ylabel() == "test accuracy"
+    assert ax.get_title() == f"gsm8k: tiny-lm | iid/premem examples = {want:.2f}x" == "gsm8k: tiny-lm | iid/premem examples = 1.31x"
+    # a rerun finds every round done: nothing trains or evaluates again
+    calls.clear()
+    evals.clear()
+    assert fig8.run_fig8(base, out, **kw)["curves"] == res["curves"] and calls == [] and evals == []

@@ -167,3 +167,11 @@ def test_scripts_stay_thin(script):
     tree = ast.parse((ROOT / f"{script}.py").read_text())
     assert not [n for n in tree.body if isinstance(n, ast.ClassDef)]
     assert len((ROOT / f"{script}.py").read_text().splitlines()) <= 300
+
+
+def test_docs_record_schema_is_the_code_schema():
+    from premem_kit import records
+
+    text = (ROOT / "docs" / "layout.md").read_text()
+    assert records.markdown_table() in text
+    assert records.markdown_table(records.GREEDY_COLUMNS) in text

@@ -4,7 +4,7 @@ No Jupyter in the test environment: the code cells are executed in order with pl
 namespace, as a kernel would. Cells tagged `colab-only` (clone + pip install, written with IPython's
 `!`/`%` syntax) are skipped; every other cell must be plain Python."""
 import json
-import sys
+import re
 
 import yaml
 
@@ -28,6 +28,10 @@ def test_notebook_setup_cell_installs_and_other_cells_are_plain_python():
         if "colab-only" not in tags:
             assert not [ln for ln in src.splitlines() if ln.lstrip().startswith(("!", "%"))], src
             compile(src, str(NOTEBOOK), "exec")
+    # the notebook runs the scripts as commands and imports only the library (premem_kit), never a script
+    scripts = {p.stem for p in ROOT.glob("*.py")}
+    imported = {m for _, src in cells for m in re.findall(r"^\s*(?:import|from)\s+(\w+)", src, re.M)}
+    assert "premem_kit" in imported and not imported & scripts, imported & scripts
     # by default the notebook runs the CPU demo grid, which exists
     assert any('"grids/demo_cpu.yaml"' in src for _, src in cells) and (ROOT / "grids" / "demo_cpu.yaml").exists()
 

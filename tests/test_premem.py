@@ -1,21 +1,19 @@
-"""Tests for premem.py: the metric, calibration, import-published, analyze outputs and bad input."""
+"""Tests for metric.py and its library: the metric (premem_kit/metric.py), calibration, analyze and its
+figures, import-published, and bad input."""
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
+from conftest import write_synthetic_run
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import premem  # noqa: E402
-import records  # noqa: E402
+import premem
+from premem_kit import analysis, analysis_figures, calibration, figures, metric, published, records, runs
+from premem_kit.rundata import AnalysisError, load_run, load_runs
 
 PUBLISHED = Path(__file__).resolve().parents[1].parent / "shared/data/kang2025/ckpts"
 needs_published = pytest.mark.skipif(
@@ -29,7 +27,7 @@ LOW, HIGH = 1.05, 2.0  # memorized / not memorized at T
 
 def pm(acc, ppl):
     """PreMemAcc of one example over checkpoints."""
-    return premem.premem_from_arrays(np.array(acc)[:, None], np.array(ppl)[:, None], threshold_ppl=P)[:, 0]
+    return metric.premem_from_arrays(np.array(acc)[:, None], np.array(ppl)[:, None], threshold_ppl=P)[:, 0]
 
 
 # ----------------------------------------------------------------------------- the metric
@@ -57,9 +55,9 @@ def test_memorized_then_unmemorized():
 
 
 def test_ppl_at_most_one_is_always_memorized_and_nan_counts_as_memorized():
-    assert np.isneginf(premem.loglog([1.0, 0.999])).all()
+    assert np.isneginf(metric.loglog([1.0, 0.999])).all()
     for t in (-50.0, -5.0, 0.0, 3.0):
-        out = premem.premem_from_arrays([[1.0, 1.0, 1.0]], [[1.0, 0.999, np.nan]], threshold_loglog=t)
+        out = metric.premem_from_arrays([[1.0, 1.0, 1.0]], [[1.0, 0.999, np.nan]], threshold_loglog=t)
         np.testing.assert_allclose(out, [[0.0, 0.0, 0.0]])
 
 
@@ -68,15 +66,15 @@ def test_threshold_forms_agree_and_boundary_is_strict():
     acc = rng.random((5, 400))
     ppl = 1 + rng.exponential(0.3, (5, 400))
     for t in (-3.0, -2.4, -1.0):
-        a = premem.premem_from_arrays(acc, ppl, threshold_loglog=t)
-        b = premem.premem_from_arrays(acc, ppl, premem.ppl_from_loglog(t))
+        a = metric.premem_from_arrays(acc, ppl, threshold_loglog=t)
+        b = metric.premem_from_arrays(acc, ppl, metric.ppl_from_loglog(t))
         np.testing.assert_array_equal(a, b)
-    assert premem.ppl_from_loglog(-2.5) == pytest.approx(1.0855, abs=1e-4)
-    assert premem.loglog_from_ppl(premem.ppl_from_loglog(-2.5)) == pytest.approx(-2.5)
+    assert metric.ppl_from_loglog(-2.5) == pytest.approx(1.0855, abs=1e-4)
+    assert metric.loglog_from_ppl(metric.ppl_from_loglog(-2.5)) == pytest.approx(-2.5)
     # ppl exactly at the threshold is not memorized (memorized <=> ppl < p)
-    assert premem.premem_from_arrays([[0.7]], [[2.0]], 2.0)[0, 0] == 0.7
+    assert metric.premem_from_arrays([[0.7]], [[2.0]], 2.0)[0, 0] == 0.7
     with pytest.raises(ValueError):
-        premem.premem_from_arrays([[0.7]], [[2.0]])
+        metric.premem_from_arrays([[0.7]], [[2.0]])
 
 
 def test_predicted_test_accuracy_and_sweep_match_the_definition():
@@ -84,9 +82,9 @@ def test_predicted_test_accuracy_and_sweep_match_the_definition():
     acc = rng.random((4, 300))
     ppl = 1 + rng.exponential(0.5, (4, 300))
     grid = np.linspace(-4, 0, 9)
-    sw = premem.premem_sweep(acc, premem.loglog(ppl), grid, max_elems=3000)  # forces chunking
+    sw = metric.premem_sweep(acc, metric.loglog(ppl), grid, max_elems=3000)  # forces chunking
     for k, t in enumerate(grid):
-        ref = premem.predicted_test_accuracy(acc, ppl, threshold_loglog=t)
+        ref = metric.predicted_test_accuracy(acc, ppl, threshold_loglog=t)
         # explicit double loop over checkpoints, straight from the paper's formula
         mem = np.log(np.log(ppl)) < t
         slow = np.array([[min(max(acc[j, i] * (not mem[j, i]) for j in range(m + 1)), acc[m, i])
@@ -97,56 +95,38 @@ def test_predicted_test_accuracy_and_sweep_match_the_definition():
 
 def test_r2_identity_and_pearson():
     y = np.array([0.1, 0.2, 0.3, 0.4])
-    assert premem.r2_identity(y, y) == 1.0
-    assert premem.r2_identity(y, np.full(4, y.mean())) == pytest.approx(0.0)
-    assert premem.r2_identity(y, y + 0.1) == pytest.approx(1 - 4 * 0.01 / 0.05)
-    assert premem.pearson_r(y, 2 * y + 1) == pytest.approx(1.0)
-    assert math.isnan(premem.r2_identity([0.3], [0.3]))
-    np.testing.assert_allclose(premem.r2_identity(y, np.stack([y, y + 0.1])), [1.0, 0.2])
+    assert metric.r2_identity(y, y) == 1.0
+    assert metric.r2_identity(y, np.full(4, y.mean())) == pytest.approx(0.0)
+    assert metric.r2_identity(y, y + 0.1) == pytest.approx(1 - 4 * 0.01 / 0.05)
+    assert metric.pearson_r(y, 2 * y + 1) == pytest.approx(1.0)
+    assert math.isnan(metric.r2_identity([0.3], [0.3]))
+    np.testing.assert_allclose(metric.r2_identity(y, np.stack([y, y + 0.1])), [1.0, 0.2])
 
 
 # ----------------------------------------------------------------------------- synthetic run folders
 
-
-def write_run(run_dir, steps, acc, ppl, test_acc, *, epochs=None, lr=1e-5, num_epochs=3, ids=None):
-    """A run folder made with records.write_records: acc/ppl [ckpt, ex], test_acc [ckpt]."""
-    run_dir = Path(run_dir)
-    n = acc.shape[1]
-    ids = ids or [f"toy/train/{i}" for i in range(n)]
-    cfg = dict(task="gsm8k", model="toy", learning_rate=lr, num_epochs=num_epochs, subset="full",
-               batch_size=8, run_name=run_dir.name)
-    records.atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg))
-    for k, s in enumerate(steps):
-        ep = float(epochs[k]) if epochs is not None else float(s) / 100
-        rows = [dict(id=ids[i], step=s, epoch=ep, split="train", variant="original", samples=[], answers=[],
-                     outcomes=["correct"], accuracy=float(acc[k, i]), perplexity=float(ppl[k, i]),
-                     target_tokens=10) for i in range(n)]
-        records.write_records(records.record_path(run_dir, s, "train"), rows)
-        if test_acc[k] is not None:
-            rows = [dict(id=f"toy/test/{i}", step=s, epoch=ep, split="test", variant="original", samples=[],
-                         answers=[], outcomes=["correct"], accuracy=float(test_acc[k]), perplexity=float("nan"),
-                         target_tokens=-1) for i in range(3)]
-            records.write_records(records.record_path(run_dir, s, "test"), rows)
-    return run_dir
+QUIET = dict(progress=False, verbose=False)
+GRID = np.linspace(-5, 1, 50)
+T_STAR = float(GRID[21])  # the threshold planted_runs plants
 
 
 def test_step0_counts_as_a_checkpoint(tmp_path):
     # example 0 is solved (unmemorized) by the base model, then memorized: PreMemAcc keeps 1.0
     acc = np.array([[1.0, 0.0], [1.0, 0.5], [1.0, 0.5]])
     ppl = np.array([[3.0, 3.0], [LOW, 3.0], [LOW, LOW]])
-    run = write_run(tmp_path / "r", [0, 100, 200], acc, ppl, [0.5, 0.6, 0.7])
-    s = premem.analyze([run], tmp_path / "a", threshold_loglog=T, figures=False, progress=False, verbose=False)
+    run = write_synthetic_run(tmp_path / "r", [0, 100, 200], acc, ppl, [0.5, 0.6, 0.7])
+    s = analysis.analyze([run], tmp_path / "a", threshold_loglog=T, figures=False, **QUIET)
     assert [p["step"] for p in s["points"]] == [0, 100, 200]
     np.testing.assert_allclose([p["premem_acc"] for p in s["points"]], [0.5, 0.75, 0.75])
-    s2 = premem.analyze([run], tmp_path / "b", threshold_loglog=T, include_step0=False, figures=False,
-                        progress=False, verbose=False)
+    s2 = analysis.analyze([run], tmp_path / "b", threshold_loglog=T, include_step0=False, figures=False, **QUIET)
     assert [p["step"] for p in s2["points"]] == [100, 200]
     np.testing.assert_allclose([p["premem_acc"] for p in s2["points"]], [0.25, 0.25])
     assert s["include_step0"] is True and s2["include_step0"] is False
 
 
 def planted_runs(root, t_star, n_runs=6, n_ex=1500, seed=0):
-    """Runs whose test accuracy is exactly their mean PreMemAcc at loglog threshold t_star."""
+    """Runs whose test accuracy is exactly their mean PreMemAcc at loglog threshold t_star; run r has
+    2 + r % 3 checkpoints, learning rate 10^-(4 + r % 3) and num_epochs = its number of checkpoints."""
     rng = np.random.default_rng(seed)
     dirs = []
     for r in range(n_runs):
@@ -156,37 +136,176 @@ def planted_runs(root, t_star, n_runs=6, n_ex=1500, seed=0):
         acc = np.round(acc * 10) / 10
         ll = rng.uniform(-5, 1, (c, n_ex)) - 0.6 * np.arange(c)[:, None] * (r + 1) / n_runs
         ppl = np.exp(np.exp(ll))
-        test = premem.premem_from_arrays(acc, ppl, threshold_loglog=t_star).mean(axis=1)
-        dirs.append(write_run(root / f"run{r}", list(range(100, 100 * c + 1, 100)), acc, ppl, test,
-                              lr=10.0 ** -(4 + r % 3), num_epochs=c))
+        test = metric.premem_from_arrays(acc, ppl, threshold_loglog=t_star).mean(axis=1)
+        dirs.append(write_synthetic_run(root / f"run{r}", list(range(100, 100 * c + 1, 100)), acc, ppl, test,
+                                        config=dict(learning_rate=10.0 ** -(4 + r % 3), num_epochs=c)))
     return dirs
 
 
-def test_calibration_recovers_a_planted_threshold(tmp_path):
-    grid = np.linspace(-5, 1, 50)
-    t_star = float(grid[21])
-    dirs = planted_runs(tmp_path, t_star)
-    runs = premem.load_runs(dirs, progress=False)
-    t, table = premem.calibrate_threshold(runs, grid)
-    assert t == pytest.approx(t_star)
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """analyze (with figures) over planted_runs, calibrated on GRID."""
+    root = tmp_path_factory.mktemp("planted")
+    dirs = planted_runs(root / "runs", T_STAR)
+    s = analysis.analyze(dirs, root / "out", grid=GRID, **QUIET)
+    return dict(dirs=dirs, out=root / "out", summary=s, points=pd.DataFrame(s["points"]))
+
+
+def test_calibration_recovers_a_planted_threshold(planted):
+    t, table = calibration.calibrate_threshold(load_runs(planted["dirs"], progress=False), GRID)
+    assert t == pytest.approx(T_STAR)
     assert table["r2"].max() == pytest.approx(1.0)
     # neighbours are clearly worse: the optimum is sharp, not a plateau
     assert table["r2"].iloc[20] < 0.999 and table["r2"].iloc[22] < 0.999
-    s = premem.analyze(dirs, tmp_path / "out", grid=grid, figures=False, progress=False, verbose=False)
-    assert s["threshold_loglog"] == pytest.approx(t_star) and s["r2"] == pytest.approx(1.0)
+    s = planted["summary"]
+    assert s["threshold_loglog"] == pytest.approx(T_STAR) and s["r2"] == pytest.approx(1.0)
+    assert s["threshold_source"] == "calibrated" and s["n_runs"] == 6 and s["n_points"] == 2 + 3 + 4 + 2 + 3 + 4
 
 
-def test_calibrating_on_few_points_warns_and_a_given_threshold_does_not(tmp_path, capsys):
+def test_analyze_writes_the_files_it_lists(planted):
+    out, s = planted["out"], planted["summary"]
+    figs = [f"figures/{stem}.{ext}" for stem in ("fig1", "fig3", "fig4", "r2_vs_threshold") for ext in ("png", "pdf")]
+    assert s["files"] == analysis.TABLE_FILES + figs
+    assert all((out / f).is_file() for f in s["files"]) and not list(out.rglob("*.tmp"))
+    assert json.loads((out / "summary.json").read_text()) == s
+    sweep = pd.read_csv(out / "sweep.csv")
+    np.testing.assert_allclose(sweep["threshold_loglog"], GRID)
+    assert sweep["r2"].max() == pytest.approx(1.0) and "r2_heldout" not in sweep.columns
+    ex = pd.read_parquet(out / "premem_examples.parquet")
+    assert len(ex) == 6 * 1500 and ex["fragile"].equals(ex["premem_acc"] < 0.75)
+    assert set(ex["step"]) == {200, 300, 400}  # each run's last checkpoint
+
+
+def test_fig1_draws_a_line_per_run_with_r2_in_the_titles(planted):
+    s, points = planted["summary"], planted["points"]
+    fig = analysis_figures.fig1(points, s)
+    try:
+        assert len(fig.axes) == 2
+        panels = (("train_acc", "train accuracy", s["train_acc_r2"]),
+                  ("premem_acc", "pre-memorization train accuracy", s["r2"]))
+        for ax, (col, label, r2) in zip(fig.axes, panels):
+            assert ax.get_title() == f"{label} vs test accuracy (R$^2$ = {r2:.3f})"
+            assert ax.get_xlabel() == label
+            lines = ax.get_lines()
+            assert lines[0].get_label() == "y = x"
+            assert [ln.get_label() for ln in lines[1:]] == [f"run{r}" for r in range(6)]
+            for r, ln in enumerate(lines[1:]):
+                g = points[points["run"] == f"run{r}"].sort_values("step")
+                assert len(ln.get_xdata()) == 2 + r % 3  # one point per checkpoint
+                np.testing.assert_allclose(ln.get_xdata(), g[col])
+                np.testing.assert_allclose(ln.get_ydata(), g["test_acc"])
+        assert fig.axes[0].get_ylabel() == "test accuracy"
+        assert fig.axes[1].get_title().endswith("(R$^2$ = 1.000)")
+    finally:
+        figures.pyplot().close(fig)
+
+
+def test_fig4_colours_learning_rate_and_marks_heldout_runs(planted):
+    s, points = planted["summary"], planted["points"].copy()
+    points["calibration"] = points["run"] != "run0"
+    fig = analysis_figures.fig4(points, dict(s, r2_heldout=0.5))
+    try:
+        ax = fig.axes[0]
+        assert len(fig.axes) == 2  # the plot and its learning-rate colour bar
+        assert fig.axes[1].get_ylabel() == "learning rate"
+        assert ax.get_title() == (f"R$^2$ = {s['r2']:.3f} (held-out 0.500); loglog threshold {T_STAR:.2f} "
+                                  f"(ppl {s['threshold_ppl']:.4g})")
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("pre-memorization train accuracy", "test accuracy")
+        colls = [c for c in ax.collections if len(c.get_offsets())]
+        xy = np.concatenate([c.get_offsets() for c in colls])
+        want = points[["premem_acc", "test_acc"]].to_numpy()
+        np.testing.assert_allclose(sorted(map(tuple, xy)), sorted(map(tuple, want)))  # every point, once
+        np.testing.assert_allclose(np.sort(np.concatenate([c.get_array() for c in colls])), np.sort(points["lr"]))
+        held = [c for c in colls if len(c.get_edgecolor()) and np.allclose(c.get_edgecolor()[:, :3], 0)]
+        np.testing.assert_allclose(np.concatenate([c.get_offsets() for c in held]),
+                                   points.loc[points["run"] == "run0", ["premem_acc", "test_acc"]])
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels == ["2 epochs", "3 epochs", "4 epochs", "held-out run", "y = x"]
+    finally:
+        figures.pyplot().close(fig)
+
+
+def test_r2_vs_threshold_plots_the_sweep_and_the_choice(planted):
+    s, sweep = planted["summary"], pd.read_csv(planted["out"] / "sweep.csv")
+    fig = analysis_figures.r2_vs_threshold(sweep, s)
+    try:
+        ax = fig.axes[0]
+        r2, train, chosen = ax.get_lines()
+        assert r2.get_label() == "PreMemAcc R$^2$"
+        np.testing.assert_allclose(r2.get_xdata(), GRID)
+        np.testing.assert_allclose(r2.get_ydata(), sweep["r2"])
+        assert train.get_label() == f"train accuracy R$^2$ ({s['train_acc_r2']:.3f})"
+        np.testing.assert_allclose(train.get_ydata(), s["train_acc_r2"])
+        np.testing.assert_allclose(chosen.get_xdata(), T_STAR)
+        assert ax.get_xlabel() == "memorization threshold log(log(perplexity))"
+    finally:
+        figures.pyplot().close(fig)
+    fig = analysis_figures.r2_vs_threshold(sweep.assign(r2_heldout=sweep["r2"] - 0.1), s)
+    try:
+        labels = [ln.get_label() for ln in fig.axes[0].get_lines()]
+        assert labels[:2] == ["PreMemAcc R$^2$ (calibration runs)", "PreMemAcc R$^2$ (held-out runs)"]
+        np.testing.assert_allclose(fig.axes[0].get_lines()[1].get_ydata(), sweep["r2"] - 0.1)
+    finally:
+        figures.pyplot().close(fig)
+
+
+def test_fig3_shows_the_ordered_examples_of_the_longest_run(planted):
+    runs_ = load_runs(planted["dirs"], progress=False)
+    run = analysis_figures.choose_fig3_run(runs_)
+    assert run.name == "run2"  # the first of the runs with 4 checkpoints
+    assert analysis_figures.choose_fig3_run(runs_, "run4").name == "run4"
+    with pytest.raises(AnalysisError, match="--fig3-run 'nope'"):
+        analysis_figures.choose_fig3_run(runs_, "nope")
+    fig = analysis_figures.fig3(run, planted["summary"])
+    try:
+        ax = fig.axes[0]
+        img = ax.images[0].get_array()
+        assert img.shape == (200, 4, 3)  # 200 of the 1500 examples x 4 checkpoints
+        order = analysis_figures.fig3_order(run.acc, run.ll, T_STAR)
+        # brightness (HSV value = the largest RGB channel) is 0.1 + 0.9 * accuracy, row by row in fig3_order
+        np.testing.assert_allclose(img.max(axis=2), 0.1 + 0.9 * run.acc[:, order].T)
+        assert ax.get_title() == "Figure 3: learning progression, run2"
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["100\n(1 ep)", "200\n(2 ep)", "300\n(3 ep)", "400\n(4 ep)"]
+        assert "(200 of 1500)" in ax.get_ylabel()
+    finally:
+        figures.pyplot().close(fig)
+
+
+def test_fig3_order_earliest_memorized_first_never_memorized_last():
+    t = 0.0  # memorized <=> loglog < 0
+    M, U = -1.0, 1.0
+    ll = np.array([  # [checkpoint, example]
+        [U, M, U, U, U, U],
+        [U, M, U, U, U, M],
+        [M, M, U, M, U, M],
+        [M, M, U, M, U, M],
+    ])
+    acc = np.array([
+        [0.2, 1.0, 0.1, 0.5, 0.3, 0.9],
+        [0.4, 1.0, 0.2, 0.7, 0.5, 0.9],
+        [0.9, 1.0, 0.3, 0.8, 0.6, 0.9],
+        [0.9, 1.0, 0.3, 0.8, 0.6, 0.9],
+    ])
+    # first memorized: ex1 at 0, ex5 at 1, ex0 and ex3 at 2 (PreMemAcc 0.4 and 0.7: ex3 first),
+    # ex2 and ex4 never (PreMemAcc 0.3 and 0.6: ex4 first)
+    np.testing.assert_array_equal(analysis_figures.fig3_order(acc, ll, t), [1, 5, 3, 0, 4, 2])
+    # more examples than shown: a fixed subsample, ordered the same way
+    sub = analysis_figures.fig3_order(acc, ll, t, max_examples=4)
+    assert len(sub) == 4 and np.array_equal(sub, analysis_figures.fig3_order(acc, ll, t, max_examples=4))
+    rank = {e: k for k, e in enumerate([1, 5, 3, 0, 4, 2])}
+    assert [rank[e] for e in sub] == sorted(rank[e] for e in sub)
+
+
+def test_calibrating_on_few_points_warns_and_a_given_threshold_does_not(tmp_path, planted, capsys):
     acc = np.array([[0.0, 1.0], [1.0, 1.0]])
     ppl = np.array([[3.0, 3.0], [3.0, LOW]])
-    run = write_run(tmp_path / "r", [100, 200], acc, ppl, [0.4, 0.6])
-    premem.analyze([run], tmp_path / "a", figures=False, progress=False, verbose=False)
+    run = write_synthetic_run(tmp_path / "r", [100, 200], acc, ppl, [0.4, 0.6])
+    analysis.analyze([run], tmp_path / "a", figures=False, **QUIET)
     assert "calibrated on only 2 (checkpoint, test accuracy) point(s)" in capsys.readouterr().err
-    premem.analyze([run], tmp_path / "b", threshold_loglog=T, figures=False, progress=False, verbose=False)
+    analysis.analyze([run], tmp_path / "b", threshold_loglog=T, figures=False, **QUIET)
     assert "calibrated on only" not in capsys.readouterr().err
     # enough points: no warning
-    dirs = planted_runs(tmp_path / "many", -2.0)
-    premem.analyze(dirs, tmp_path / "c", figures=False, progress=False, verbose=False)
+    analysis.analyze(planted["dirs"], tmp_path / "c", figures=False, **QUIET)
     assert "calibrated on only" not in capsys.readouterr().err
 
 
@@ -194,29 +313,30 @@ def test_calibrating_on_few_points_warns_and_a_given_threshold_does_not(tmp_path
 
 
 @pytest.fixture(scope="session")
-def published(tmp_path_factory):
+def published_runs(tmp_path_factory):
     if not PUBLISHED.is_dir():
         pytest.skip(f"published Kang et al. results not found at {PUBLISHED}")
     root = tmp_path_factory.mktemp("published")
-    dirs = premem.import_published(PUBLISHED, root / "runs", progress=False)
+    dirs = published.import_published(PUBLISHED, root / "runs", progress=False)
     out = root / "analysis"
-    assert premem.main([ "analyze", *map(str, dirs), "--out", str(out)]) == 0
+    assert premem.main(["analyze", *map(str, dirs), "--out", str(out)]) == 0
     return dict(dirs=dirs, runs=root / "runs", out=out, summary=json.loads((out / "summary.json").read_text()))
 
 
 @needs_published
-def test_import_published_layout(published):
-    dirs = published["dirs"]
+def test_import_published_layout(published_runs):
+    dirs = published_runs["dirs"]
     assert len(dirs) == 7
-    run = published["runs"] / "gsm8k_orig_3epochs_full_lr2e-05_bs128"
-    cfg = records.read_run_config(run)
+    run = published_runs["runs"] / "gsm8k_orig_3epochs_full_lr2e-05_bs128"
+    cfg = runs.read_config(run, check=False)
     assert cfg["task"] == "gsm8k" and cfg["learning_rate"] == 2e-5 and cfg["num_epochs"] == 3
     assert cfg["subset"] == "full" and cfg["batch_size"] == 128 and cfg["model"] == "meta-llama/Meta-Llama-3-8B"
-    recs = records.list_records(run)
+    assert cfg["checkpoints"] == [58, 116, 174] and cfg["n_train_examples"] == 7473
+    recs = runs.list_records(run)
     assert [(s, sp) for s, sp, _, _ in recs] == [(58, "test"), (58, "train"), (116, "test"), (116, "train"),
                                                 (174, "test"), (174, "train")]
-    tr = records.read_records(records.record_path(run, 116, "train"))
-    te = records.read_records(records.record_path(run, 116, "test"))
+    tr = records.read_records(runs.record_path(run, 116, "train"))
+    te = records.read_records(runs.record_path(run, 116, "test"))
     assert len(tr) == 7473 and len(te) == 1319
     assert tr["id"].iloc[7] == "gsm8k/train/7" and te["id"].iloc[3] == "gsm8k/test/3"
     assert tr["epoch"].iloc[0] == 2.0 and tr["step"].iloc[0] == 116
@@ -232,32 +352,34 @@ def test_import_published_layout(published):
 
 
 @needs_published
-def test_import_published_rerun_skips_existing(published, capsys):
-    f = records.record_path(published["runs"] / "gsm8k_orig_1epochs_full_lr5e-05_bs128", 58, "train")
+def test_import_published_rerun_skips_existing(published_runs, capsys):
+    f = runs.record_path(published_runs["runs"] / "gsm8k_orig_1epochs_full_lr5e-05_bs128", 58, "train")
     before = f.stat().st_mtime_ns
-    premem.import_published(PUBLISHED, published["runs"], progress=False)
+    published.import_published(PUBLISHED, published_runs["runs"], progress=False)
     assert f.stat().st_mtime_ns == before
-    assert "wrote 0 file(s)" in capsys.readouterr().out
+    assert "wrote 0 file(s), kept 44 existing" in capsys.readouterr().out  # 7 x 2 files + 15 ckpts x 2 records
 
 
 @needs_published
-def test_published_r2_and_authors_intermediate_array(published):
-    s = published["summary"]
+def test_published_r2_and_authors_intermediate_array(published_runs):
+    s = published_runs["summary"]
     # measured: loglog -2.4286 (ppl 1.0922), R^2 0.9653, Pearson r 0.9890, train-acc R^2 -0.977, 15 points
     assert s["r2"] >= 0.95
+    assert s["r2"] == pytest.approx(0.9653, abs=5e-4)
     assert s["threshold_loglog"] == pytest.approx(-2.4286, abs=1e-3)
-    assert s["pearson_r"] > 0.98 and s["train_acc_r2"] < 0 and s["n_points"] == 15
+    assert s["pearson_r"] == pytest.approx(0.9890, abs=5e-4) and s["n_points"] == 15
+    assert s["train_acc_r2"] == pytest.approx(-0.977, abs=5e-3)
     # the authors saved their PreMemAcc per example for one run (computed at loglog -2.5): reproduce it
-    run = premem.load_run(published["runs"] / "gsm8k_orig_3epochs_full_lr2e-05_bs128")
+    run = load_run(published_runs["runs"] / "gsm8k_orig_3epochs_full_lr2e-05_bs128")
     ref = np.load(PUBLISHED / "gsm8k_orig_3epochs_full_lr2e-05_bs128/unmemorized_acc_cummax_all.npy")
     order = np.array([int(i.rsplit("/", 1)[1]) for i in run.ids])
-    ours = premem.premem_from_arrays(run.acc, run.ppl, threshold_loglog=-2.5)
+    ours = metric.premem_from_arrays(run.acc, run.ppl, threshold_loglog=-2.5)
     np.testing.assert_allclose(ours, ref[:, order], atol=1e-12)
 
 
 @needs_published
-def test_analyze_writes_documented_outputs(published):
-    out, s = published["out"], published["summary"]
+def test_analyze_writes_documented_outputs(published_runs):
+    out, s = published_runs["out"], published_runs["summary"]
     for key in ("threshold_loglog", "threshold_ppl", "r2", "pearson_r", "train_acc_r2", "points", "sweep"):
         assert key in s
     assert s["threshold_ppl"] == pytest.approx(math.exp(math.exp(s["threshold_loglog"])))
@@ -270,35 +392,44 @@ def test_analyze_writes_documented_outputs(published):
     assert {"run", "id", "premem_acc", "accuracy", "perplexity", "fragile"} <= set(ex.columns)
     assert len(ex) == 7 * 7473 and ex["fragile"].equals(ex["premem_acc"] < 0.75)
     assert len(pd.read_csv(out / "premem_examples.csv")) == len(ex)
-    for stem in ("fig1", "fig3", "fig4", "r2_vs_threshold"):
-        png, pdf = out / "figures" / f"{stem}.png", out / "figures" / f"{stem}.pdf"
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
-        assert pdf.read_bytes()[:5] == b"%PDF-", stem
-    assert not list(out.rglob("*.tmp"))
+    assert [f for f in s["files"] if f.startswith("figures/")] == [
+        f"figures/{stem}.{ext}" for stem in ("fig1", "fig3", "fig4", "r2_vs_threshold") for ext in ("png", "pdf")]
+    # Figure 1 on the published runs: 7 lines per panel, 3 points for the 3-epoch runs, 1 for the others
+    fig = analysis_figures.fig1(pd.DataFrame(s["points"]), s)
+    try:
+        for ax in fig.axes:
+            sizes = {ln.get_label(): len(ln.get_xdata()) for ln in ax.get_lines()[1:]}
+            assert len(sizes) == 7 and all(n == (3 if "3epochs" in run else 1) for run, n in sizes.items())
+        assert fig.axes[1].get_title().endswith("(R$^2$ = 0.965)")
+        assert fig.axes[0].get_title().endswith("(R$^2$ = -0.977)")
+    finally:
+        figures.pyplot().close(fig)
 
 
 @needs_published
-def test_calibrate_on_reports_heldout_r2(published, tmp_path, capsys):
+def test_calibrate_on_reports_heldout_r2(published_runs, tmp_path, capsys):
     out = tmp_path / "held"
-    rc = premem.main(["analyze", str(published["runs"] / "*"), "--out", str(out), "--no-figures",
+    rc = premem.main(["analyze", str(published_runs["runs"] / "*"), "--out", str(out), "--no-figures",
                       "--calibrate-on", "*3epochs*"])
     assert rc == 0
     s = json.loads((out / "summary.json").read_text())
     assert len(s["calibration_runs"]) == 4 and len(s["heldout_runs"]) == 3
-    assert s["r2_heldout"] is not None and s["r2_calibration"] is not None
-    assert s["r2_heldout"] > 0.5  # measured 0.96 (threshold -2.43, calibrated on the 3-epoch runs)
+    # measured: threshold -2.4286, calibration R^2 0.9570, held-out R^2 0.9696 (Pearson r 0.9968)
+    assert s["threshold_loglog"] == pytest.approx(-2.4286, abs=1e-3)
+    assert s["r2_calibration"] == pytest.approx(0.9570, abs=5e-4)
+    assert s["r2_heldout"] == pytest.approx(0.9696, abs=5e-4)
+    assert s["pearson_r_heldout"] == pytest.approx(0.9968, abs=5e-4)
     assert "held-out runs: R^2" in capsys.readouterr().out
     assert "r2_heldout" in pd.read_csv(out / "sweep.csv").columns
 
 
 @needs_published
-def test_given_threshold_forms_agree(published, tmp_path):
-    a = premem.analyze(published["dirs"], tmp_path / "a", threshold_loglog=-2.5, figures=False,
-                       progress=False, verbose=False)
-    b = premem.analyze(published["dirs"], tmp_path / "b", threshold_ppl=math.exp(math.exp(-2.5)),
-                       figures=False, progress=False, verbose=False)
+def test_given_threshold_forms_agree(published_runs, tmp_path):
+    a = analysis.analyze(published_runs["dirs"], tmp_path / "a", threshold_loglog=-2.5, figures=False, **QUIET)
+    b = analysis.analyze(published_runs["dirs"], tmp_path / "b", threshold_ppl=math.exp(math.exp(-2.5)),
+                         figures=False, **QUIET)
     assert a["threshold_source"] == "given" and a["r2"] == pytest.approx(b["r2"])
-    assert a["r2"] < published["summary"]["r2"] + 1e-12
+    assert a["r2"] < published_runs["summary"]["r2"] + 1e-12
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -309,7 +440,7 @@ def test_folder_without_records_is_an_error(tmp_path, capsys):
     empty.mkdir()
     assert premem.main(["analyze", str(empty), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
-    assert "not_a_run" in err and "no train records" in err
+    assert "premem.py analyze: error:" in err and "not_a_run" in err and "no train records" in err
 
 
 def test_folder_without_records_is_skipped_among_good_runs(tmp_path, capsys):
@@ -324,7 +455,7 @@ def test_folder_without_records_is_skipped_among_good_runs(tmp_path, capsys):
 
 def test_corrupt_record_file_error_names_the_file(tmp_path, capsys):
     run = planted_runs(tmp_path, -2.0, n_runs=1, n_ex=20)[0]
-    bad = records.record_path(run, 200, "train")
+    bad = runs.record_path(run, 200, "train")
     bad.write_bytes(b"not parquet")
     assert premem.main(["analyze", str(run), "--out", str(tmp_path / "o")]) == 2
     assert str(bad) in capsys.readouterr().err
@@ -334,13 +465,29 @@ def test_corrupt_record_file_error_names_the_file(tmp_path, capsys):
     assert str(bad) in err and "missing columns" in err
 
 
-def test_calibrate_on_unknown_run_is_an_error(tmp_path, capsys):
+def test_bad_options_are_errors_not_tracebacks(tmp_path, capsys):
     dirs = planted_runs(tmp_path, -2.0, n_runs=2, n_ex=20)
-    rc = premem.main(["analyze", *map(str, dirs), "--out", str(tmp_path / "o"), "--calibrate-on", "nope"])
-    assert rc == 2 and "nope" in capsys.readouterr().err
+    argv = ["analyze", *map(str, dirs), "--out", str(tmp_path / "o")]
+    assert premem.main(argv + ["--calibrate-on", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert premem.main(argv + ["--threshold", "nan"]) == 2
+    assert "finite" in capsys.readouterr().err
+    assert premem.main(argv + ["--fragile-t", "2"]) == 2
+    assert "fragile threshold must be in [0, 1]" in capsys.readouterr().err
+    assert premem.main(argv + ["--sweep-points", "0"]) == 2
+    assert "bad sweep grid" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 # ----------------------------------------------------------------------------- import: subsets, file names
+
+
+def test_parse_published_name():
+    assert published.parse_published_name("gsm8k_orig_3epochs_full_lr2e-05_bs128") == dict(
+        task="gsm8k", tag="orig", num_epochs=3, subset="full", learning_rate=2e-5, batch_size=128)
+    assert published.parse_published_name("math_x_1epochs_lr1e-4_bs8")["subset"] is None
+    with pytest.raises(published.PublishedError, match="does not look like"):
+        published.parse_published_name("my_run")
 
 
 def test_import_half_run_no_temp_files_and_unparseable(tmp_path):
@@ -359,15 +506,15 @@ def test_import_half_run_no_temp_files_and_unparseable(tmp_path):
         np.save(ck / "test_answer_types20_seed2_temp0.8.npy", rng.integers(0, 3, (n_test, 20)))
         np.save(ck / "train_perplexities.npy", 1 + rng.random(n_train))
     np.save(src.parent / "stray_analysis.npy", np.zeros(3))  # run-level/stray files are ignored
-    premem.import_published(src.parent, tmp_path / "out", progress=False)
+    published.import_published(src.parent, tmp_path / "out", progress=False)
     run = tmp_path / "out" / src.name
-    cfg = records.read_run_config(run)
+    cfg = runs.read_config(run, check=False)
     assert (cfg["task"], cfg["subset"], cfg["num_epochs"], cfg["learning_rate"], cfg["batch_size"]) == (
         "math", "half", 2, 2e-4, 64)
-    assert json.loads((run / "subset_ids.json").read_text()) == [f"math/train/{i}" for i in sub]
-    steps = [s for s, sp, _, _ in records.list_records(run) if sp == "train"]
+    assert json.loads(runs.subset_ids_path(run).read_text()) == [f"math/train/{i}" for i in sub]
+    steps = [s for s, sp, _, _ in runs.list_records(run) if sp == "train"]
     assert steps == [10, 20, 30, 40]
-    df = records.read_records(records.record_path(run, 30, "train"))
+    df = records.read_records(runs.record_path(run, 30, "train"))
     assert df["id"].tolist() == [f"math/train/{i}" for i in sorted(sub)]
     assert df["epoch"].iloc[0] == pytest.approx(1.5)  # 3rd of 4 checkpoints x 2 epochs / 4
     assert (df["target_tokens"] == -1).all()
@@ -375,7 +522,8 @@ def test_import_half_run_no_temp_files_and_unparseable(tmp_path):
     assert df["outcomes"].iloc[0].tolist() == [records.OUTCOMES[k] for k in tr[0]]
     assert df["outcomes"].iloc[0][0] == "unparseable"
     np.testing.assert_allclose(df["accuracy"], (tr[np.sort(sub)] == 0).mean(axis=1))
-    te = records.read_records(records.record_path(run, 30, "test"))
+    np.testing.assert_allclose(df["perplexity"], np.load(src / "checkpoint-30/train_perplexities.npy")[np.sort(sub)])
+    te = records.read_records(runs.record_path(run, 30, "test"))
     assert len(te) == n_test and len(te["outcomes"].iloc[0]) == 20
 
 
@@ -388,4 +536,4 @@ def test_import_bad_answer_types_names_the_file(tmp_path, capsys):
     np.save(ck / "train_perplexities.npy", np.ones(3) * 1.5)
     rc = premem.main(["import-published", str(src.parent), str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 2 and "train_answer_types2_seed2.npy" in err
+    assert rc == 2 and "premem.py import-published: error:" in err and "train_answer_types2_seed2.npy" in err

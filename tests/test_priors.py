@@ -1,24 +1,18 @@
-"""priors.py (premem.py priors): distance from initialization against merged weights, gradient variance,
-the ATC threshold fit, the per-checkpoint cache and Figure 5's table, on the tiny model."""
+"""premem.py priors (premem_kit/priors.py, prior_metrics.py): distance from initialization against merged
+weights, gradient variance, the ATC threshold fit, the per-checkpoint cache and Figure 5, on the tiny model."""
 from __future__ import annotations
 
 import json
-import math
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
+from conftest import tiny_cfg, write_synthetic_run
 
-import data
-import evaluate
-import models
 import premem
-import priors
-import records
-from conftest import tiny_cfg
+from premem_kit import data, figures, metric, models, prior_metrics, priors, records, runs
 
 
 def _randomize_lora(model, seed, scale=0.05):
@@ -53,22 +47,22 @@ def test_lora_distance_equals_merged_weight_difference(cfg, tmp_path):
     ckpt = _save_adapter(cfg, tmp_path / "ckpt", seed=1)
     expected = _merged_sq_diff(cfg, ckpt)
     assert expected > 1e-3
-    assert priors.lora_distance(ckpt) == pytest.approx(expected, rel=1e-5)
+    assert prior_metrics.lora_distance(ckpt) == pytest.approx(expected, rel=1e-5)
     # rsLoRA scales by alpha / sqrt(r): a 4x larger squared change at r = 4, PEFT's merge agrees
     acfg = json.loads((ckpt / "adapter_config.json").read_text())
     acfg["use_rslora"] = True
     (ckpt / "adapter_config.json").write_text(json.dumps(acfg))
     rs = _merged_sq_diff(cfg, ckpt)
     assert rs == pytest.approx(4 * expected, rel=1e-5)
-    assert priors.lora_distance(ckpt) == pytest.approx(rs, rel=1e-5)
+    assert prior_metrics.lora_distance(ckpt) == pytest.approx(rs, rel=1e-5)
     # the full-finetuning path (lora_r = 0) on the same merged weights
     merged = models.load_checkpoint(cfg, ckpt).merge_and_unload()
-    assert priors.full_distance(merged, models.load_base_model(cfg)) == pytest.approx(rs, rel=1e-5)
+    assert prior_metrics.full_distance(merged, models.load_base_model(cfg)) == pytest.approx(rs, rel=1e-5)
 
 
 def test_lora_distance_rejects_a_folder_without_adapter(tmp_path):
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        priors.lora_distance(tmp_path)
+        prior_metrics.lora_distance(tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +76,15 @@ def lora_model(cfg):
 def test_gradient_variance_of_identical_minibatches_is_zero(lora_model, cfg):
     tok, model, exs = lora_model
     model.train()  # lora_dropout = 0.1: gradient_variance must switch it off
-    assert priors.gradient_variance(model, tok, [exs[:3]] * 5, cfg["max_length"], micro_batch_size=2) == 0.0
+    assert prior_metrics.gradient_variance(model, tok, [exs[:3]] * 5, cfg["max_length"], micro_batch_size=2) == 0.0
     assert model.training  # mode restored
 
 
 def test_gradient_variance_equals_direct_computation(lora_model, cfg):
     tok, model, exs = lora_model
-    batches = priors.minibatches(exs, 5, 3, seed=0)
+    batches = prior_metrics.minibatches(exs, 5, 3, seed=0)
     assert len({tuple(e["id"] for e in b) for b in batches}) == 5
-    got = priors.gradient_variance(model, tok, batches, cfg["max_length"], micro_batch_size=2)
+    got = prior_metrics.gradient_variance(model, tok, batches, cfg["max_length"], micro_batch_size=2)
     # direct: one HF forward per whole minibatch (its mean token loss), all 5 gradients stacked
     model.eval()
     coll = data.Collator(tok.pad_token_id)
@@ -110,48 +104,61 @@ def test_atc_threshold_reproduces_reference_accuracy():
     rng = np.random.default_rng(0)
     scores = rng.random(200)
     for acc in (0.0, 0.005, 0.37, 0.5, 0.995, 1.0):
-        t = priors.atc_fit_threshold(scores, acc)
-        assert priors.atc_predict(scores, t) == pytest.approx(acc)
-    t = priors.atc_fit_threshold(scores, 0.37)
+        t = prior_metrics.atc_fit_threshold(scores, acc)
+        assert prior_metrics.atc_predict(scores, t) == pytest.approx(acc)
+    t = prior_metrics.atc_fit_threshold(scores, 0.37)
     other = rng.random(1000) * 1.2
-    assert priors.atc_predict(other, t) == pytest.approx(float((other > t).mean()))
+    assert prior_metrics.atc_predict(other, t) == pytest.approx(float((other > t).mean()))
     assert np.quantile(scores, 0.63) == pytest.approx(t, abs=0.02)
     # an accuracy between two achievable fractions rounds to the nearest one
-    t = priors.atc_fit_threshold([0.1, 0.2, 0.3], 0.6)
-    assert priors.atc_predict([0.1, 0.2, 0.3], t) == pytest.approx(2 / 3)
+    t = prior_metrics.atc_fit_threshold([0.1, 0.2, 0.3], 0.6)
+    assert prior_metrics.atc_predict([0.1, 0.2, 0.3], t) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="accuracy"):
-        priors.atc_fit_threshold(scores, 1.5)
+        prior_metrics.atc_fit_threshold(scores, 1.5)
 
 
 # ----------------------------------------------------------------------------- the command on tiny runs
 
 
-def _record_rows(ids, step, split, accs, ppl):
-    return [{"id": i, "step": step, "epoch": step / 2, "split": split, "variant": "original", "samples": ["x", "y"],
-             "answers": ["1", "2"], "outcomes": ["correct" if a >= 0.5 else "incorrect", "correct" if a == 1 else "incorrect"],
-             "accuracy": a, "perplexity": ppl if split == "train" else math.nan, "target_tokens": 5}
-            for i, a in zip(ids, accs)]
-
-
 def make_tiny_run(cfg, folder, lr, train_acc, test_acc, train_lik, test_lik, seed):
-    """A run folder with 2 real LoRA checkpoints of the tiny model and hand-made records."""
+    """A run folder (conftest.write_synthetic_run) with 2 real LoRA checkpoints of the tiny model at steps 2
+    and 4, train records of perplexity 3, test records with mean accuracy mean(test_acc[k]) and greedy
+    records with the given likelihoods."""
     rc = dict(cfg, run_dir=str(folder), learning_rate=lr)
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(rc))
-    train_ids = [e["id"] for e in data.train_examples(rc)]
-    (folder / "subset_ids.json").write_text(json.dumps(train_ids))
+    train_ids = [e["id"] for e in data.train_examples(rc)][: len(train_lik[0])]
     test_ids = [f"gsm8k/test/{k}" for k in range(len(test_lik[0]))]
+    write_synthetic_run(folder, [2, 4], train_acc, np.full((2, len(train_ids)), 3.0),
+                        [float(np.mean(a)) for a in test_acc], epochs=[1.0, 2.0], config=rc, ids=train_ids,
+                        n_test=len(test_ids), complete_checkpoints=True)
     for k, step in enumerate((2, 4)):
-        ck = _save_adapter(rc, folder / f"checkpoint-{step}", seed=seed + k)
-        records.atomic_write_json(ck / ".complete", {"step": step, "epoch": float(k + 1)})
-        ids = train_ids[: len(train_lik[k])]
-        records.write_records(records.record_path(folder, step, "train"), _record_rows(ids, step, "train", train_acc[k], 3.0))
-        records.write_records(records.record_path(folder, step, "test"), _record_rows(test_ids, step, "test", test_acc[k], 0))
-        for split, lik, ii in (("train", train_lik[k], ids), ("test", test_lik[k], test_ids)):
-            records.atomic_write_parquet(evaluate.greedy_path(folder, step, split), pd.DataFrame(
-                {"id": ii, "step": step, "split": split, "text": "t", "answer": "1", "outcome": "correct",
-                 "likelihood": lik, "tokens": 5}))
+        _save_adapter(rc, runs.checkpoint_dir(folder, step), seed=seed + k)
+        for split, lik, ii in (("train", train_lik[k], train_ids), ("test", test_lik[k], test_ids)):
+            records.write_greedy(runs.greedy_path(folder, step, split), [
+                {"id": i, "step": step, "split": split, "text": "t", "answer": "1", "outcome": "correct",
+                 "likelihood": float(x), "tokens": 5} for i, x in zip(ii, lik)])
     return folder
+
+
+def check_fig5(points: pd.DataFrame, corr: dict) -> None:
+    """Figure 5 as drawn: a panel per metric, a line per run through its checkpoints, y = x on the two
+    predicted-gap panels only, Pearson r and n in each title."""
+    fig = priors.fig5(points, corr)
+    try:
+        assert len(fig.axes) == len(priors.METRICS) == 4
+        for ax, (col, title) in zip(fig.axes, priors.METRICS):
+            r = corr[col]["pearson_r"]
+            assert ax.get_title() == f"{title}\nPearson r = {'n/a' if r is None else f'{r:.3f}'} (n=4)"
+            lines = {ln.get_label(): ln for ln in ax.get_lines()}
+            assert set(lines) == ({"a", "b", "y = x"} if col in ("atc_gap", "premem_gap") else {"a", "b"})
+            for name in ("a", "b"):
+                g = points[points["run"] == name]
+                np.testing.assert_allclose(lines[name].get_xdata(), g[col])
+                np.testing.assert_allclose(lines[name].get_ydata(), g["gap"])
+        assert fig.axes[0].get_ylabel() == "generalization gap (train acc - test acc)"
+        assert [ax.get_xlabel() for ax in fig.axes] == ["gradient variance", "distance from initialization",
+                                                        "predicted gap (ATC)", "predicted gap (PreMemAcc)"]
+    finally:
+        figures.pyplot().close(fig)
 
 
 def test_priors_command_writes_fig5_table_and_caches(cfg, tmp_path, capsys):
@@ -180,21 +187,23 @@ def test_priors_command_writes_fig5_table_and_caches(cfg, tmp_path, capsys):
     for run, step, seed in (("a", 2, 10), ("a", 4, 11), ("b", 2, 20), ("b", 4, 21)):
         ck = tmp_path / run / f"checkpoint-{step}"
         d = pts.loc[(pts["run"] == run) & (pts["step"] == step), "distance_from_init"].item()
-        assert d == pytest.approx(priors.lora_distance(ck)) and d > 0
+        assert d == pytest.approx(prior_metrics.lora_distance(ck)) and d > 0
     assert (pts["grad_variance"] > 0).all()
     # the second checkpoint's value (its adapter loaded after the first one was unloaded) equals a fresh
     # computation on that adapter alone, over the same seeded minibatches
     from peft import PeftModel
 
-    rc = records.read_run_config(a)
+    rc = runs.read_config(a)
     fresh = PeftModel.from_pretrained(models.load_base_model(rc), str(a / "checkpoint-4"), is_trainable=True)
-    batches = priors.minibatches(data.train_examples(rc), 5, 2, seed=0)
-    want = priors.gradient_variance(fresh, models.load_tokenizer(rc["model"]), batches, rc["max_length"], 2)
+    batches = prior_metrics.minibatches(data.train_examples(rc), 5, 2, seed=0)
+    want = prior_metrics.gradient_variance(fresh, models.load_tokenizer(rc["model"]), batches, rc["max_length"], 2)
     assert pts.loc[1, "grad_variance"] == pytest.approx(want, rel=1e-6)
     r = res["pearson_r_vs_gap"]
-    assert r["distance_from_init"]["pearson_r"] == pytest.approx(premem.pearson_r(pts["gap"], pts["distance_from_init"]))
+    assert r["distance_from_init"]["pearson_r"] == pytest.approx(metric.pearson_r(pts["gap"], pts["distance_from_init"]))
     assert r["atc_gap"]["n"] == 4
-    assert (out / "figures" / "fig5.png").stat().st_size > 1000 and (out / "figures" / "fig5.pdf").exists()
+    assert res["files"] == ["priors.json", "priors.csv", "figures/fig5.png", "figures/fig5.pdf"]
+    assert all((out / f).is_file() for f in res["files"])
+    check_fig5(pts, r)
     # cache: a rerun reads RUN/priors/step-*.json and recomputes nothing; --force recomputes
     cache = sorted((tmp_path / "a" / "priors").glob("step-*.json"))
     assert [c.name for c in cache] == ["step-000002.json", "step-000004.json"]

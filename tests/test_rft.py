@@ -1,23 +1,20 @@
-"""RFT data (rft.py, curate.py rft) and the SFT data-scaling command (curate.py scaling): the safe
-evaluator, annotation checks, dedupe, pooling, pass@k, the sample cache, the log-linear fit, and the
-commands end to end on the tiny model (sampling, JSONL + report, training on the JSONL, scaling)."""
+"""RFT data (premem_kit arith.py, rft.py, rft_sampling.py: curate.py rft) and the SFT data-scaling
+command (premem_kit/scaling.py: curate.py scaling): the safe evaluator, annotation checks, dedupe,
+pooling, pass@k, the sample cache, the log-linear fit, and the commands end to end on the tiny model (sampling, JSONL + report, training on the JSONL, scaling)."""
 import json
 import math
 import random
 from fractions import Fraction
 from math import comb
-from pathlib import Path
 
 import pytest
 import yaml
 
 import curate
-import data
-import evaluate
-import grading
-import rft
-import train
 from conftest import tiny_cfg
+from premem_kit import arith, data, grading, records, rft, runs
+from premem_kit.evaluation import EvalOptions, evaluate_run
+from premem_kit.training import run_training
 
 # ----------------------------------------------------------------------------- safe evaluator
 
@@ -28,7 +25,7 @@ from conftest import tiny_cfg
     ("2 ** 0.5 * 2 ** 0.5", None),
 ])
 def test_safe_eval_computes_exact_arithmetic(expr, value):
-    v = rft.safe_eval(expr)
+    v = arith.safe_eval(expr)
     if value is None:  # non-integer power: float, within round-off
         assert abs(float(v) - 2) < 1e-12
     else:
@@ -59,8 +56,8 @@ def test_safe_eval_computes_exact_arithmetic(expr, value):
     ("", "empty"),
 ])
 def test_safe_eval_refuses_everything_but_plain_arithmetic(expr, why):
-    with pytest.raises(rft.ExpressionError, match=why):
-        rft.safe_eval(expr)
+    with pytest.raises(arith.ExpressionError, match=why):
+        arith.safe_eval(expr)
 
 
 def test_safe_eval_never_calls_python_eval(monkeypatch):
@@ -71,7 +68,7 @@ def test_safe_eval_never_calls_python_eval(monkeypatch):
 
     monkeypatch.setattr(builtins, "eval", boom)
     monkeypatch.setattr(builtins, "exec", boom)
-    assert rft.safe_eval("(48/2)+1") == 25
+    assert arith.safe_eval("(48/2)+1") == 25
 
 
 @pytest.mark.parametrize("ann,ok", [
@@ -81,7 +78,7 @@ def test_safe_eval_never_calls_python_eval(monkeypatch):
     ("2+2=4=5", False), ("5*$3=15", False), ("48/2", False), ("abs(-2)=2", False),
 ])
 def test_check_annotation(ann, ok):
-    assert rft.check_annotation(ann)[0] is ok
+    assert arith.check_annotation(ann)[0] is ok
 
 
 def test_levenshtein_matches_dynamic_programming():
@@ -257,7 +254,7 @@ def test_sample_cache_resumes_and_extends(tmp_path):
 def src_run(tmp_path_factory, tiny_model):
     """A tiny run trained for one step on 4 examples (the RFT source model)."""
     run = tmp_path_factory.mktemp("rft") / "src"
-    train.run_training(tiny_cfg(tiny_model, run, max_train_examples=4, batch_size=4, micro_batch_size=2,
+    run_training(tiny_cfg(tiny_model, run, max_train_examples=4, batch_size=4, micro_batch_size=2,
                                 num_epochs=1))
     return run
 
@@ -315,10 +312,10 @@ def test_curate_rft_end_to_end_and_train_on_its_output(tmp_path, src_run, tiny_m
     cfg = tiny_cfg(tiny_model, run, train_file=str(out), train_file_mode="replace", max_train_examples=None,
                    batch_size=4, micro_batch_size=2, num_epochs=1, eval_test_examples=2, eval_train_examples=2,
                    eval_max_new_tokens=6, eval_samples=1)
-    summary = train.run_training(cfg)
+    summary = run_training(cfg)
     assert summary["examples"] == len(rows)
     assert sorted(json.loads((run / "subset_ids.json").read_text())) == sorted(r["id"] for r in rows)
-    res = evaluate.run_evaluation(run, ["--no-base"])
+    res = evaluate_run(run, EvalOptions(base=False))
     assert {(r["split"], r["n"]) for r in res} == {("train", 2), ("test", 2)}
 
 
@@ -358,7 +355,7 @@ def test_curate_rft_bad_inputs(tmp_path, src_run, capsys):
     assert curate.main(["rft", "--from", str(tmp_path / "nope"), "--out", str(tmp_path / "x.jsonl")]) == 2
     assert "is not a run folder (no config.yaml)" in capsys.readouterr().err
     assert curate.main(["rft", "--from", f"{src_run}:7", "--out", str(tmp_path / "x.jsonl")]) == 2
-    assert "no complete checkpoint-7 (have: [1])" in capsys.readouterr().err
+    assert "no complete checkpoint-7 (complete checkpoints: 1; 0 = base model)" in capsys.readouterr().err
     assert curate.main(["rft", "--from", str(src_run), "--from", f"{src_run}:1", "--out", "x.jsonl"]) == 2
     assert "the same checkpoint is given twice" in capsys.readouterr().err
     assert curate.main(["rft", "--from", str(src_run), "--out", "x.jsonl", "--k", "0"]) == 2
@@ -381,10 +378,8 @@ def test_curate_scaling_trains_nested_fractions_and_fits(tmp_path, tiny_model):
     half = json.loads((out / "frac-1_2" / "subset_ids.json").read_text())
     full = json.loads((out / "frac-1" / "subset_ids.json").read_text())
     assert full[:4] == half and len(set(full)) == 8  # nested seeded subsets
-    import records
-
     for p in res["points"]:
-        df = records.read_records(records.record_path(p["run_dir"], p["step"], "test"))
+        df = records.read_records(runs.record_path(p["run_dir"], p["step"], "test"))
         assert len(df) == 4 and p["test_accuracy"] == pytest.approx(df["accuracy"].mean())
     a0, a1 = (p["test_accuracy"] for p in res["points"])
     fit = res["fit"]  # two points one doubling apart: the line goes through both

@@ -3,6 +3,7 @@ the one-cell-per-GPU scheduler, a real grid on the tiny model that is killed and
 data-parallel training (accelerate launch, gloo on CPU) against 1 process with the same effective batch."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-import config
-import sweep
-import train
 from conftest import ROOT, SHARED, tiny_cfg
+from premem_kit import config, files, runs
+from premem_kit.grid import (GridError, cell_name, fmt_epochs, fmt_lr, grid_status, load_grid, model_short_name)
+from premem_kit.grid_run import run_grid, schedule
 
 # --------------------------------------------------------------------------------------------------
 # the grid files
@@ -50,7 +51,7 @@ def test_every_grid_file_loads_and_names_are_unique():
     assert {p.stem for p in files} >= {"gsm8k_llama3-8b", "math_llama3-8b", "gsm8k_gemma2-9b", "math_gemma2-9b",
                                         "curation_deepseekmath-7b", "demo_cpu"}
     for p in files:
-        g = sweep.load_grid(p)
+        g = load_grid(p)
         names = [c["name"] for c in g["cells"]]
         assert len(set(names)) == len(names)
         for c in g["cells"]:
@@ -59,7 +60,7 @@ def test_every_grid_file_loads_and_names_are_unique():
 
 
 def test_gsm8k_llama3_grid_matches_the_appendix_cells_and_recipe():
-    g = sweep.load_grid("gsm8k_llama3-8b")
+    g = load_grid("gsm8k_llama3-8b")
     assert cells_of(g) == GSM8K_LLAMA
     for c in g["cells"]:
         cfg = c["cfg"]
@@ -77,7 +78,7 @@ def test_published_runs_are_cells_of_the_gsm8k_grid():
     ckpts = SHARED / "data" / "kang2025" / "ckpts"
     if not ckpts.is_dir():
         pytest.skip(f"{ckpts} not present")
-    cells = set(cells_of(sweep.load_grid("gsm8k_llama3-8b")))
+    cells = set(cells_of(load_grid("gsm8k_llama3-8b")))
     names = sorted(p.name for p in ckpts.iterdir() if p.name.startswith("gsm8k_orig_"))
     assert names
     for n in names:  # gsm8k_orig_<E>epochs_<size>_lr<LR>_bs<B>
@@ -87,7 +88,7 @@ def test_published_runs_are_cells_of_the_gsm8k_grid():
 
 
 def test_math_llama3_grid_matches_the_release_cells_and_recipe():
-    g = sweep.load_grid("math_llama3-8b")
+    g = load_grid("math_llama3-8b")
     assert cells_of(g) == MATH_LLAMA and len(MATH_LLAMA) == 11
     for c in g["cells"]:
         cfg = c["cfg"]
@@ -96,7 +97,7 @@ def test_math_llama3_grid_matches_the_release_cells_and_recipe():
 
 @pytest.mark.parametrize("task", ["gsm8k", "math"])
 def test_gemma2_grids_have_the_14_cells_and_recipe_b(task):
-    g = sweep.load_grid(f"{task}_gemma2-9b")
+    g = load_grid(f"{task}_gemma2-9b")
     assert cells_of(g) == GEMMA2 and len(GEMMA2) == 14
     for c in g["cells"]:
         cfg = c["cfg"]
@@ -110,12 +111,12 @@ def test_gemma2_grids_have_the_14_cells_and_recipe_b(task):
 def test_a_grid_without_cells_is_refused_with_its_notes(tmp_path):
     p = tmp_path / "empty.yaml"
     p.write_text("base: configs/demo.yaml\nnotes: table X not filled in\ncells: []\n")
-    with pytest.raises(sweep.GridError, match="has no cells.*table X not filled in"):
-        sweep.run_grid(sweep.load_grid(p))
+    with pytest.raises(GridError, match="has no cells.*table X not filled in"):
+        run_grid(load_grid(p))
 
 
 def test_curation_grid_is_the_appendix_c_recipe():
-    (c,) = sweep.load_grid("curation_deepseekmath-7b")["cells"]
+    (c,) = load_grid("curation_deepseekmath-7b")["cells"]
     cfg = c["cfg"]
     assert cfg["math_levels"] == [1, 2, 3] and cfg["learning_rate"] == 2e-5 and cfg["num_epochs"] == 3
     assert cfg["batch_size"] == 128 and cfg["max_grad_norm"] == 2.0 and cfg["lr_scheduler"] == "linear"
@@ -123,16 +124,16 @@ def test_curation_grid_is_the_appendix_c_recipe():
 
 
 def test_run_names():
-    assert [sweep.fmt_lr(x) for x in (2e-5, 0.0002, 5e-7, 1.5e-4, 1e-3, 3.0)] == \
+    assert [fmt_lr(x) for x in (2e-5, 0.0002, 5e-7, 1.5e-4, 1e-3, 3.0)] == \
         ["2e-5", "2e-4", "5e-7", "1.5e-4", "1e-3", "3e0"]
-    assert sweep.fmt_epochs(3) == "3" and sweep.fmt_epochs(1.5) == "1.5"
-    assert sweep.model_short_name("meta-llama/Meta-Llama-3-8B") == "meta-llama-3-8b"
-    assert sweep.model_short_name("pypi:smollm2-135m-instruct") == "smollm2-135m-instruct"
+    assert fmt_epochs(3) == "3" and fmt_epochs(1.5) == "1.5"
+    assert model_short_name("meta-llama/Meta-Llama-3-8B") == "meta-llama-3-8b"
+    assert model_short_name("pypi:smollm2-135m-instruct") == "smollm2-135m-instruct"
     cfg = {k: v[0] for k, v in config.DEFAULTS.items()}
     cfg.update(num_epochs=12, subset="quarter", learning_rate=2e-5)
-    assert sweep.cell_name(cfg, "llama3-8b") == "gsm8k_llama3-8b_12ep_quarter_lr2e-5"
+    assert cell_name(cfg, "llama3-8b") == "gsm8k_llama3-8b_12ep_quarter_lr2e-5"
     cfg.update(subset_fraction="1/32")
-    assert sweep.cell_name(cfg, "m", {"subset_fraction": "1/32"}) == "gsm8k_m_12ep_quarter-1of32_lr2e-5"
+    assert cell_name(cfg, "m", {"subset_fraction": "1/32"}) == "gsm8k_m_12ep_quarter-1of32_lr2e-5"
 
 
 def write_grid(tmp_path, text, name="g.yaml"):
@@ -144,32 +145,81 @@ def write_grid(tmp_path, text, name="g.yaml"):
 def test_bad_grid_files_give_errors_that_name_file_line_and_key(tmp_path):
     base = "base: configs/demo.yaml\n"
     p = write_grid(tmp_path, base + "cells:\n  - {num_epochs: 1}\n  - {num_epoch: 2}\n")
-    with pytest.raises(sweep.GridError, match=r"g\.yaml line 4 \(cell 2\).*unknown config key 'num_epoch'; "
+    with pytest.raises(GridError, match=r"g\.yaml line 4 \(cell 2\).*unknown config key 'num_epoch'; "
                                               r"did you mean 'num_epochs'"):
-        sweep.load_grid(p)
+        load_grid(p)
     p = write_grid(tmp_path, base + "cells:\n  - {learning_rate: fast}\n")
-    with pytest.raises(sweep.GridError, match=r"line 3 \(cell 1\).*'learning_rate' expects a number, got 'fast'"):
-        sweep.load_grid(p)
+    with pytest.raises(GridError, match=r"line 3 \(cell 1\).*'learning_rate' expects a number, got 'fast'"):
+        load_grid(p)
     p = write_grid(tmp_path, base + "cells:\n  - {num_epochs: 1}\n  - {num_epochs: 1}\n")
-    with pytest.raises(sweep.GridError, match="cell name .*_1ep_full_lr1e-3 is the same as cell 1's"):
-        sweep.load_grid(p)
+    with pytest.raises(GridError, match="cell name .*_1ep_full_lr1e-3 is the same as cell 1's"):
+        load_grid(p)
     p = write_grid(tmp_path, base + "cellz: []\ncells: []\n")
-    with pytest.raises(sweep.GridError, match="unknown grid key 'cellz'"):
-        sweep.load_grid(p)
+    with pytest.raises(GridError, match="unknown grid key 'cellz'"):
+        load_grid(p)
     p = write_grid(tmp_path, "base: configs/nope.yaml\ncells: []\n")
-    with pytest.raises(sweep.GridError, match="base config configs/nope.yaml does not exist"):
-        sweep.load_grid(p)
+    with pytest.raises(GridError, match="base config configs/nope.yaml does not exist"):
+        load_grid(p)
     p = write_grid(tmp_path, base + "cells:\n  - {run_dir: x}\n")
-    with pytest.raises(sweep.GridError, match="'run_dir' is set by the sweep"):
-        sweep.load_grid(p)
+    with pytest.raises(GridError, match="'run_dir' is set by the sweep"):
+        load_grid(p)
     p = write_grid(tmp_path, base + "cells:\n  - [1, 2]\n")
-    with pytest.raises(sweep.GridError, match="a cell must be a mapping"):
-        sweep.load_grid(p)
-    with pytest.raises(sweep.GridError, match="does not exist.*demo_cpu"):
-        sweep.load_grid("no_such_grid")
+    with pytest.raises(GridError, match="a cell must be a mapping"):
+        load_grid(p)
+    with pytest.raises(GridError, match="does not exist.*demo_cpu"):
+        load_grid("no_such_grid")
     r = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "status", str(tmp_path / "g.yaml")],
                        capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 2 and r.stderr.startswith("error: ") and "a cell must be a mapping" in r.stderr
+    assert r.returncode == 2 and r.stderr.startswith("sweep.py: error: ") and "a cell must be a mapping" in r.stderr
+
+
+def test_cell_names_must_be_plain_folder_names(tmp_path):
+    """A cell name is a folder under runs_root: nothing that leaves it or lands on the sweep's own folders."""
+    base = "base: configs/demo.yaml\n"
+    for bad in ("../x", "/abs", "a/b", "..", "''", "_sweep", "analysis"):
+        p = write_grid(tmp_path, base + f"cells:\n  - {{num_epochs: 1}}\n  - {{name: {bad}, num_epochs: 2}}\n")
+        shown = bad.strip("'")
+        with pytest.raises(GridError, match=rf"g\.yaml line 4 \(cell 2\): cell name '{re.escape(shown)}' is not a "
+                                            r"plain folder name"):
+            load_grid(p)
+    p = write_grid(tmp_path, base + "cells:\n  - {name: , num_epochs: 1}\n")
+    with pytest.raises(GridError, match=r"line 3 \(cell 1\): cell name '' is not a plain folder name \(it is empty\)"):
+        load_grid(p)
+    # a generated name is checked too: model_name goes into it
+    p = write_grid(tmp_path, base + "model_name: ../up\ncells:\n  - {num_epochs: 1}\n")
+    with pytest.raises(GridError, match=r"line 4 \(cell 1\): cell name 'gsm8k_\.\./up_1ep.*not a plain folder"):
+        load_grid(p)
+    p = write_grid(tmp_path, base + f"runs_root: {tmp_path / 'r'}\ncells:\n  - {{name: my-cell.v2, num_epochs: 1}}\n")
+    (c,) = load_grid(p)["cells"]
+    assert c["name"] == "my-cell.v2" and c["run_dir"] == tmp_path / "r" / "my-cell.v2"
+    # the command line says so too, with exit status 2
+    p = write_grid(tmp_path, base + "cells:\n  - {name: /abs, num_epochs: 1}\n")
+    r = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "show", str(p)], capture_output=True, text=True,
+                       cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.startswith("sweep.py: error: ") and "cell name '/abs'" in r.stderr
+
+
+def test_a_second_sweep_on_the_same_runs_root_is_refused_and_runs_nothing(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    g = write_grid(tmp_path, f"base: configs/demo.yaml\nruns_root: {root}\ncells:\n  - {{num_epochs: 1}}\n")
+    fake = tmp_path / "fake.py"
+    fake.write_text(FAKE)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_LOG", str(calls))
+    grid = load_grid(g)
+    with files.FileLock(root / "_sweep" / "lock", "a test holding the sweep lock"):
+        with pytest.raises(files.LockedError, match=rf"the sweep folder {re.escape(str(root))} is in use by pid {os.getpid()}"):
+            run_grid(grid, launcher=[sys.executable, str(fake)], analyze=False, say=lambda m: None)
+        r = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "run", str(g), "--no-analyze",
+                            "--launcher", f"{sys.executable} {fake}"], capture_output=True, text=True, cwd=tmp_path,
+                           env={**os.environ, "FAKE_LOG": str(calls)})
+        assert r.returncode == 2 and r.stderr.startswith("sweep.py: error: ") and str(root) in r.stderr, r.stderr
+        assert "to run" not in r.stdout
+    assert not calls.exists() and not (root / "_sweep" / "cells").exists()
+    assert not (root / "_sweep" / "timings.jsonl").exists()
+    # once the lock is free the same call runs the cell (train.py and evaluate.py through the stand-in)
+    assert run_grid(grid, launcher=[sys.executable, str(fake)], analyze=False, say=lambda m: None) == 1
+    assert len(calls.read_text().splitlines()) == 2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,11 +240,11 @@ def test_schedule_runs_at_most_one_item_per_slot():
             log.append((item, slot))
         return item * 10
 
-    res = sweep.schedule(list(range(9)), ["0", "1", "2"], work)
+    res = schedule(list(range(9)), ["0", "1", "2"], work)
     assert res == {i: i * 10 for i in range(9)}
     assert sorted(i for i, _ in log) == list(range(9)) and peak[0] == 3
     assert {s for _, s in log} == {"0", "1", "2"}
-    res = sweep.schedule([1, 2], [None], work)  # one slot: one after another
+    res = schedule([1, 2], [None], work)  # one slot: one after another
     assert res == {0: 10, 1: 20}
 
 
@@ -215,14 +265,14 @@ def test_one_cell_per_gpu_sets_cuda_visible_devices(tmp_path, monkeypatch, tiny_
     fake = tmp_path / "fake.py"
     fake.write_text(FAKE)
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.jsonl"))
-    rc = sweep.run_grid(sweep.load_grid(g), gpus=["0", "1"], launcher=[sys.executable, str(fake)], analyze=False,
+    rc = run_grid(load_grid(g), gpus=["0", "1"], launcher=[sys.executable, str(fake)], analyze=False,
                         say=lambda m: None)
     assert rc == 1  # the stand-in writes no records, so no cell ends up done
     calls = [json.loads(x) for x in (tmp_path / "calls.jsonl").read_text().splitlines()]
     assert len(calls) == 8  # train.py then evaluate.py for each of the 4 cells
     assert {c["gpu"] for c in calls} == {"0", "1"}
     trains = [c for c in calls if c["argv"][0].endswith("train.py")]
-    assert sorted(Path(c["argv"][1]).stem for c in trains) == sorted(c["name"] for c in sweep.load_grid(g)["cells"])
+    assert sorted(Path(c["argv"][1]).stem for c in trains) == sorted(c["name"] for c in load_grid(g)["cells"])
     # two cells ran at the same time: the first two train calls start before either cell's evaluate call
     first_eval = min(c["t0"] for c in calls if c["argv"][0].endswith("evaluate.py"))
     assert sorted(c["t0"] for c in trains)[1] < first_eval
@@ -255,10 +305,10 @@ def test_sweep_kill_resume_skip_and_analysis(tmp_path, tiny_model):
                    "analyze_args: [--threshold, '5.0']\ncells:\n"
                    "  - {num_epochs: 1, learning_rate: 1.0e-3}\n"
                    "  - {num_epochs: 4, learning_rate: 2.0e-3, micro_batch_size: 1}\n")
-    grid = sweep.load_grid(g)
+    grid = load_grid(g)
     c1, c2 = grid["cells"]
     assert (c1["name"], c2["name"]) == ("gsm8k_tiny_1ep_full_lr1e-3", "gsm8k_tiny_4ep_full_lr2e-3")
-    assert [r["state"] for r in sweep.grid_status(grid)] == ["pending", "pending"]
+    assert [r["state"] for r in grid_status(grid)] == ["pending", "pending"]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, str(ROOT / "sweep.py"), "run", str(g)]
@@ -267,7 +317,7 @@ def test_sweep_kill_resume_skip_and_analysis(tmp_path, tiny_model):
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         log = run2 / "log.jsonl"
-        if (run2 / "checkpoint-4" / train.COMPLETE).exists() and log.exists() and \
+        if (run2 / "checkpoint-4" / runs.COMPLETE).exists() and log.exists() and \
                 any(json.loads(x)["step"] >= 5 for x in log.read_text().splitlines() if x.strip()):
             proc.send_signal(signal.SIGKILL)  # the sweep process only: its train.py child must die with it
             break
@@ -277,7 +327,7 @@ def test_sweep_kill_resume_skip_and_analysis(tmp_path, tiny_model):
     time.sleep(1.0)
     assert not _procs_with(str(root)), "a child of the killed sweep is still running"
 
-    rows = {r["cell"]: r for r in sweep.grid_status(grid)}
+    rows = {r["cell"]: r for r in grid_status(grid)}
     assert rows[c1["name"]]["state"] == "done" and rows[c1["name"]]["records"] == 4  # steps 0, 4 x train, test
     assert rows[c2["name"]]["state"] == "partial" and not rows[c2["name"]]["trained"]
     r = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "status", str(g)], capture_output=True, text=True,
@@ -295,7 +345,7 @@ def test_sweep_kill_resume_skip_and_analysis(tmp_path, tiny_model):
     assert summary["optimizer_steps"] == 16
     steps = [json.loads(x)["step"] for x in (run2 / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 17))
-    assert [r["state"] for r in sweep.grid_status(grid)] == ["done", "done"]
+    assert [r["state"] for r in grid_status(grid)] == ["done", "done"]
     assert (root / "analysis" / "summary.json").exists() and (root / "analysis" / "figures" / "fig4.png").exists()
     timings = [json.loads(x) for x in (root / "_sweep" / "timings.jsonl").read_text().splitlines()]
     assert [t["cell"] for t in timings] == [c1["name"], c2["name"]] and all(t["ok"] for t in timings)
@@ -314,9 +364,11 @@ def test_two_process_training_gives_the_one_process_loss_curve(tmp_path, tiny_mo
     from safetensors.torch import load_file
     import torch
 
+    from premem_kit.training import run_training
+
     common = dict(num_epochs=2, batch_size=4, micro_batch_size=2, lora_dropout=0.0)
     one = tiny_cfg(tiny_model, tmp_path / "one", **common)
-    train.run_training(one)
+    run_training(one)
     two = tiny_cfg(tiny_model, tmp_path / "two", **common)
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump(two))

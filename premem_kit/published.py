@@ -1,0 +1,223 @@
+"""`premem.py import-published`: the authors' published results (Kang et al.) as run folders.
+
+The published ckpts/ folder holds one folder per run, named <task>_<tag>_<E>epochs_<subset>_lr<LR>_bs<B>
+(e.g. gsm8k_orig_3epochs_full_lr2e-05_bs128), with subsample_idxs.npy (the train rows the run trained
+on) and checkpoint-<step>/ folders of .npy files:
+
+    {train,test}_answer_types<N>_seed<S>[_temp<T>].npy   [example, sample]: 0 correct, 1 incorrect,
+                                                         2 unparseable (the file with most samples wins)
+    train_perplexities.npy, train_num_tokens.npy         per train row
+
+Each becomes a run folder of the kit's layout (runs.py): config.yaml, subset_ids.json and a train and a
+test record file per checkpoint (records.record_table: outcomes and accuracy, no sample texts). Train
+records hold only the rows of subsample_idxs.npy, in dataset order.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from . import records, runs
+from .analysis_defaults import DEFAULT_MODEL
+from .errors import KitError, warn
+from .files import atomic_write_text
+
+_RUN_RE = re.compile(r"^(?P<task>[a-z0-9]+)_(?P<tag>.+?)_(?P<epochs>\d+)epochs_(?P<rest>.*?)_?lr(?P<lr>[0-9.eE+-]+)_bs(?P<bs>\d+)$")
+_TYPES_RE = re.compile(r"^(?P<split>train|test)_answer_types(?P<n>\d+)_seed(?P<seed>\d+)(?:_temp(?P<temp>[0-9.]+))?\.npy$")
+SUBSETS = ("full", "half", "quarter")
+
+
+class PublishedError(KitError, ValueError):
+    """A published folder or .npy file that is not as expected; the message names it."""
+
+
+def parse_published_name(name: str) -> dict:
+    """gsm8k_orig_3epochs_full_lr2e-05_bs128 -> task, tag, num_epochs, subset (None when absent), lr, bs."""
+    m = _RUN_RE.match(name)
+    if not m:
+        raise PublishedError(f"{name}: run folder name does not look like <task>_<tag>_<E>epochs_<subset>_lr<LR>_bs<B>")
+    subset = next((s for s in SUBSETS if s in m.group("rest").split("_")), None)
+    return dict(
+        task=m.group("task"),
+        tag=m.group("tag"),
+        num_epochs=int(m.group("epochs")),
+        subset=subset,
+        learning_rate=float(m.group("lr")),
+        batch_size=int(m.group("bs")),
+    )
+
+
+def answer_file(ckpt: Path, split: str) -> tuple[Path, dict]:
+    """The answer-type file of a split in a published checkpoint folder: the one with the most samples,
+    then the one with an explicit _temp; returns (path, the parts of its name)."""
+    cands = []
+    for p in ckpt.iterdir():
+        m = _TYPES_RE.match(p.name)
+        if m and m.group("split") == split:
+            cands.append((int(m.group("n")), m.group("temp") is not None, p, m.groupdict()))
+    if not cands:
+        raise PublishedError(f"{ckpt}: no {split}_answer_types<N>_seed<S>[_temp<T>].npy file")
+    cands.sort(key=lambda c: (c[0], c[1]))
+    if len(cands) > 1:
+        warn(f"{ckpt}: several {split} answer files; using {cands[-1][2].name}")
+    return cands[-1][2], cands[-1][3]
+
+
+def read_npy(p: Path, kind: str | None = None) -> np.ndarray:
+    """A .npy file; kind="types" checks it is a 2-D integer matrix of answer types 0, 1, 2."""
+    try:
+        a = np.load(p, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise PublishedError(f"{p}: cannot read .npy file ({type(e).__name__}: {e})") from e
+    if kind == "types":
+        if a.ndim != 2 or a.dtype.kind not in "iu":
+            raise PublishedError(f"{p}: expected a 2-D integer array of answer types, got {a.dtype} {a.shape}")
+        if a.size and (a.min() < 0 or a.max() > 2):
+            raise PublishedError(f"{p}: answer types must be 0 (correct), 1 (incorrect) or 2 (unparseable)")
+    return a
+
+
+def read_vector(p: Path, n: int, dtype) -> np.ndarray:
+    """A per-train-row .npy vector of length n."""
+    v = read_npy(p).astype(dtype).ravel()
+    if v.shape[0] != n:
+        raise PublishedError(f"{p}: {v.shape[0]} values, expected {n}")
+    return v
+
+
+def published_runs(src: Path) -> list[Path]:
+    """The published run folders in src (src itself when it is one)."""
+    if not src.is_dir():
+        raise PublishedError(f"{src}: not a folder")
+
+    def is_run(p: Path) -> bool:
+        return p.is_dir() and bool(runs.checkpoint_folders(p))
+
+    if is_run(src):
+        return [src]
+    found = sorted(p for p in src.iterdir() if is_run(p))
+    if not found:
+        raise PublishedError(f"{src}: no published run folders (<run>/checkpoint-<step>/...) inside")
+    return found
+
+
+@dataclass
+class PublishedRun:
+    """One published run: its folder, checkpoints in step order, name fields and train rows."""
+
+    src: Path
+    checkpoints: list[Path]
+    meta: dict
+    n_train: int  # rows of the published train arrays (the whole train split)
+    sub: np.ndarray  # subsample_idxs.npy: the rows the run trained on, in its order
+    rows: np.ndarray  # sorted unique rows of sub: the train records' rows
+
+    @property
+    def task(self) -> str:
+        return self.meta["task"]
+
+
+def read_published_run(src: Path) -> PublishedRun:
+    """Checkpoints, name fields and train subsample of a published run folder."""
+    ckpts = runs.checkpoint_folders(src)
+    meta = parse_published_name(src.name)
+    ftrain, _ = answer_file(ckpts[0], "train")
+    n_train = read_npy(ftrain, "types").shape[0]
+    sub_path = src / "subsample_idxs.npy"
+    if sub_path.exists():
+        sub = read_npy(sub_path)
+        if sub.ndim != 1 or sub.dtype.kind not in "iu" or (sub.size and (sub.min() < 0 or sub.max() >= n_train)):
+            raise PublishedError(f"{sub_path}: expected 1-D indices into the {n_train} train rows")
+    else:
+        warn(f"{sub_path}: missing; assuming the run trained on all {n_train} train examples")
+        sub = np.arange(n_train)
+    return PublishedRun(src, ckpts, meta, n_train, sub, np.unique(sub))
+
+
+def run_config(pr: PublishedRun, model: str | None) -> dict:
+    """config.yaml of the imported run; a name without a subset gets the nearest of full/half/quarter."""
+    subset = pr.meta["subset"]
+    if subset is None:
+        frac = pr.rows.size / max(pr.n_train, 1)
+        subset = min(zip((abs(frac - f) for f in (1, 0.5, 0.25)), SUBSETS))[1]
+    return dict(
+        task=pr.task,
+        model=model or DEFAULT_MODEL,
+        learning_rate=pr.meta["learning_rate"],
+        num_epochs=pr.meta["num_epochs"],
+        subset=subset,
+        batch_size=pr.meta["batch_size"],
+        run_name=pr.src.name,
+        source=str(pr.src.resolve()),
+        published=True,
+        checkpoints=[runs.checkpoint_step(c) for c in pr.checkpoints],
+        n_train_examples=int(pr.rows.size),
+    )
+
+
+def checkpoint_table(pr: PublishedRun, ck: Path, split: str, step: int, epoch: float):
+    """The record table of one published checkpoint and split."""
+    f, _ = answer_file(ck, split)
+    types = read_npy(f, "types")
+    if split == "test":
+        ids = np.char.add(f"{pr.task}/test/", np.arange(types.shape[0]).astype(str)).tolist()
+        return records.record_table(ids, step, epoch, "test", types)
+    if types.shape[0] != pr.n_train:
+        raise PublishedError(f"{f}: {types.shape[0]} rows, expected {pr.n_train} (one per train example)")
+    pp = ck / "train_perplexities.npy"
+    if not pp.exists():
+        raise PublishedError(f"{pp}: missing (train perplexities are needed for the metric)")
+    ppl = read_vector(pp, pr.n_train, np.float64)
+    tp = ck / "train_num_tokens.npy"
+    tok = read_vector(tp, pr.n_train, np.int64) if tp.exists() else np.full(pr.n_train, -1)
+    ids = np.char.add(f"{pr.task}/train/", pr.rows.astype(str)).tolist()
+    r = pr.rows
+    return records.record_table(ids, step, epoch, "train", types[r], ppl[r], tok[r])
+
+
+def import_published(src, out, *, model: str | None = None, force: bool = False, progress: bool = True) -> list[Path]:
+    """Convert the authors' published ckpts/ folder into run folders under `out` (see module doc).
+
+    One run folder per published run: config.yaml, subset_ids.json and
+    records/step-XXXXXX.{train,test}.original.parquet per checkpoint. Existing files are kept unless
+    force. Returns the run folders.
+    """
+    src, out = Path(src), Path(out)
+    published = [read_published_run(p) for p in published_runs(src)]
+    counts = {"written": 0, "skipped": 0}
+
+    def write(path: Path, make) -> None:
+        if path.exists() and not force:
+            counts["skipped"] += 1
+            return
+        make(path)
+        counts["written"] += 1
+
+    dirs = []
+    bar = tqdm(total=sum(len(p.checkpoints) for p in published), desc="import-published", unit="ckpt",
+               disable=not progress, file=sys.stderr)
+    for pr in published:
+        run_dir = out / pr.src.name
+        dirs.append(run_dir)
+        cfg_text = yaml.safe_dump(run_config(pr, model), sort_keys=False)
+        ids_text = json.dumps([f"{pr.task}/train/{i}" for i in pr.sub.tolist()]) + "\n"
+        write(runs.config_path(run_dir), lambda p: atomic_write_text(p, cfg_text))
+        write(runs.subset_ids_path(run_dir), lambda p: atomic_write_text(p, ids_text))
+        for k, ck in enumerate(pr.checkpoints):
+            step = runs.checkpoint_step(ck)
+            epoch = (k + 1) * pr.meta["num_epochs"] / len(pr.checkpoints)
+            for split in ("train", "test"):
+                write(runs.record_path(run_dir, step, split, "original"),
+                      lambda p: records.write_table(p, checkpoint_table(pr, ck, split, step, epoch)))
+            bar.update(1)
+    bar.close()
+    print(f"import-published: {len(dirs)} run(s) under {out}; wrote {counts['written']} file(s), "
+          f"kept {counts['skipped']} existing (use --force to rewrite)")
+    return dirs

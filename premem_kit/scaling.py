@@ -1,0 +1,129 @@
+"""`curate.py scaling`: SFT data scaling. One run per fraction of the train set (nested seeded subsets,
+config key subset_fraction; with max_train_examples N set, fractions of those N examples) under
+OUT/frac-<p>_<q>/, trained with training.run_training and evaluated on the test split at its last
+checkpoint; fits accuracy = a * log2(n) + b and writes OUT/scaling.{json,png,pdf}. Finished runs and
+existing records are skipped.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+from . import config as config_mod
+from . import data as data_mod
+from . import figures, runs
+from .errors import KitError
+from .files import atomic_write_json
+from .rft import fit_log_linear
+
+log = logging.getLogger("curate")
+
+EVAL_KEYS = ("eval_samples", "eval_temperature", "eval_top_p", "eval_max_new_tokens", "eval_test_examples")
+
+
+class ScalingError(KitError, ValueError):
+    """Bad `curate.py scaling` input, or a run that wrote no checkpoint."""
+
+
+def fraction_tag(f: Fraction) -> str:
+    """1/32 -> "1_32", 1 -> "1" (the run folder frac-<tag>)."""
+    return str(f.numerator) if f.denominator == 1 else f"{f.numerator}_{f.denominator}"
+
+
+def fraction_configs(cfg0: dict, fractions: list[Fraction], out: Path) -> list[dict]:
+    """One config per fraction, run_dir OUT/frac-<tag>.
+
+    The fractions are of the set cfg0 trains on. With a max_train_examples cap N, fraction f trains on
+    the first int(N * f) of the N capped examples (max_train_examples = int(N * f)): a prefix of the
+    same seeded order, so the subsets stay nested; without a cap, subset_fraction = f."""
+    n_full = None
+    if cfg0["max_train_examples"]:
+        n_full = len(data_mod.train_examples({**cfg0, "subset_fraction": None}))
+    out_cfgs = []
+    for f in fractions:
+        cfg = dict(cfg0)
+        if n_full is None:
+            cfg["subset_fraction"] = str(f)
+        else:
+            cfg["subset_fraction"] = None
+            cfg["max_train_examples"] = max(1, int(n_full * f))
+        cfg["run_dir"] = str(out / f"frac-{fraction_tag(f)}")
+        config_mod.validate(cfg)
+        out_cfgs.append(cfg)
+    return out_cfgs
+
+
+def train_and_test(cfg: dict, fraction: Fraction) -> dict:
+    """Train one fraction's run, evaluate its last checkpoint on the test split; its scaling point."""
+    from .evaluation import EvalOptions, evaluate_run
+    from .training import run_training
+
+    run = Path(cfg["run_dir"])
+    log.info("fraction %s: %s", fraction, run)
+    summary = run_training(cfg)
+    gc.collect()
+    ckpts = runs.complete_checkpoints(run)
+    if not ckpts:
+        raise ScalingError(f"{run}: training wrote no checkpoint")
+    last = runs.checkpoint_step(ckpts[-1])
+    rows = evaluate_run(run, EvalOptions(splits=["test"], base=False, steps=[last]))
+    gc.collect()
+    row = next(r for r in rows if r["split"] == "test" and r["variant"] == "original" and r["step"] == last)
+    n = len(runs.read_train_ids(run))
+    log.info("fraction %s: n=%d test accuracy %.4f", fraction, n, row["accuracy"])
+    return {"fraction": str(fraction), "fraction_value": float(fraction), "n_train": n, "run_dir": str(run),
+            "step": last, "epoch": row["epoch"], "test_accuracy": row["accuracy"], "test_examples": row["n"],
+            "train_seconds": summary.get("seconds_this_session")}
+
+
+def run_scaling(config, overrides: list[str], fractions: list[str], out=None, draw: bool = True) -> dict:
+    """Train and test every fraction, fit the log-linear law, write OUT/scaling.json (+ figure).
+    Returns scaling.json's content."""
+    cfg0 = config_mod.load_config(config, overrides)
+    fs = sorted({config_mod.parse_fraction(x) for x in fractions})
+    if not fs:
+        raise ScalingError("--fractions needs at least one fraction, e.g. 1/32 1/16 1")
+    out = Path(out) if out else Path(cfg0["run_dir"])
+    points = [train_and_test(cfg, f) for f, cfg in zip(fs, fraction_configs(cfg0, fs, out))]
+    ns = [p["n_train"] for p in points]
+    if len(set(ns)) < len(ns):
+        log.warning("some fractions train on the same number of examples (%s): too few train examples "
+                    "for these fractions", ns)
+    fit = None
+    if len(set(ns)) >= 2:
+        fit = fit_log_linear(ns, [p["test_accuracy"] for p in points])
+    res = {"config": str(config), "overrides": list(overrides), "out": str(out), "points": points, "fit": fit,
+           "model": "test_accuracy = a * log2(n_train) + b (least squares); a = change per doubling",
+           "eval": {k: cfg0[k] for k in EVAL_KEYS}}
+    atomic_write_json(out / "scaling.json", res)
+    if draw:
+        plot_scaling(res, out, "scaling")
+    return res
+
+
+def scaling_figure(res: dict):
+    """Test accuracy against train examples (log2 axis) with the fitted line."""
+    import numpy as np
+
+    plt = figures.pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    ns = [p["n_train"] for p in res["points"]]
+    ax.plot(ns, [p["test_accuracy"] for p in res["points"]], "o", label="runs")
+    if res["fit"]:
+        x = np.linspace(min(ns), max(ns), 100)
+        f = res["fit"]
+        ax.plot(x, f["a"] * np.log2(x) + f["b"], "-", label=f"{f['a']:+.4f} log2(n) {f['b']:+.4f}")
+        ax.set_title(f"slope {f['slope_per_doubling']:+.4f} accuracy per doubling")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("train examples n")
+    ax.set_ylabel("test accuracy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_scaling(res: dict, folder, stem: str = "scaling") -> list[str]:
+    """Draw and save folder/stem.{png,pdf}; returns the file names."""
+    return figures.save(scaling_figure(res), folder, stem)
