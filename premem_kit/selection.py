@@ -49,7 +49,7 @@ def premem_scores(run, mem_threshold: float = DEFAULT_MEM_THRESHOLD) -> dict[str
     from .metric import premem_from_arrays
     from .rundata import load_run
 
-    rd = load_run(run, include_step0=True)
+    rd = load_run(run)  # trained checkpoints only, as the paper
     pm = premem_from_arrays(rd.acc, rd.ppl, threshold_loglog=mem_threshold)
     return {str(i): float(v) for i, v in zip(rd.ids.tolist(), pm[-1])}
 

@@ -93,8 +93,8 @@ def training_arguments(cfg: dict, run: Path, world_size: int):
         raise config_mod.ConfigError(
             f"batch_size {cfg['batch_size']} must be a multiple of micro_batch_size {cfg['micro_batch_size']} "
             f"x {world_size} process(es)")
-    dtype = models.resolve_dtype(cfg["dtype"])
     on_gpu = torch.cuda.is_available()
+    mp = autocast_dtype(cfg, models.resolve_dtype(cfg["dtype"]))
     gc = cfg["gradient_checkpointing"]
     return TrainingArguments(
         output_dir=str(run), per_device_train_batch_size=cfg["micro_batch_size"],
@@ -105,12 +105,21 @@ def training_arguments(cfg: dict, run: Path, world_size: int):
         weight_decay=0.0 if cfg["optimizer"] == "adam" else cfg["weight_decay"],
         optim=OPTIMIZERS[cfg["optimizer"]], max_grad_norm=cfg["max_grad_norm"], logging_steps=cfg["logging_steps"],
         save_strategy="epoch", save_total_limit=None, seed=cfg["seed"], data_seed=cfg["seed"],
-        bf16=on_gpu and dtype == torch.bfloat16, fp16=on_gpu and dtype == torch.float16,
+        bf16=on_gpu and mp == "bf16", fp16=on_gpu and mp == "fp16",
         activation_checkpointing=gc, activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
         remove_unused_columns=False, report_to=[], dataloader_num_workers=cfg["dataloader_num_workers"],
         dataloader_pin_memory=on_gpu,
         use_cpu=not on_gpu and world_size > 1,  # CPU processes under accelerate launch: gloo (parallel.py)
         disable_tqdm=False)
+
+
+def autocast_dtype(cfg: dict, weights_dtype) -> str:
+    """bf16 | fp16 | no: the Trainer's mixed precision (config mixed_precision; auto = the weights' dtype)."""
+    import torch
+
+    if cfg["mixed_precision"] != "auto":
+        return cfg["mixed_precision"]
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(weights_dtype, "no")
 
 
 def run_files_callback(cfg: dict, run: Path):

@@ -58,3 +58,21 @@ def test_every_shipped_config_loads():
     assert files
     for f in files:
         config.load_config(f)
+
+
+def test_recipes_sample_as_the_authors_per_task():
+    """T 0.8 everywhere; top-p 0.95 for GSM8K, 1.0 for MATH (the authors' MATH sampler)."""
+    from conftest import ROOT
+
+    recipes = sorted((ROOT / "configs" / "recipes").glob("*.yaml"))
+    seen = set()
+    for p in recipes:
+        cfg = config.load_config(p)
+        assert cfg["eval_temperature"] == 0.8, p
+        assert cfg["eval_top_p"] == {"gsm8k": 0.95, "math": 1.0}[cfg["task"]], p
+        seen.add(cfg["task"])
+    assert seen == {"gsm8k", "math"}
+    # a config that does not set top-p gets its task's value
+    assert config.load_config(None, ["task=math"])["eval_top_p"] == 1.0
+    assert config.load_config(None, ["task=gsm8k"])["eval_top_p"] == 0.95
+    assert config.load_config(None, ["task=math", "eval_top_p=0.9"])["eval_top_p"] == 0.9

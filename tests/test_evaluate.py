@@ -130,7 +130,7 @@ def trained_run(tmp_path_factory, tiny_model):
 
 def test_evaluate_writes_every_checkpoint_then_skips_and_resumes(trained_run):
     run = trained_run
-    opts = EvalOptions(variants=["original", "first"], progress=False)
+    opts = EvalOptions(variants=["original", "first"], base=True, progress=False)
     summary = evaluate_run(run, opts)
     files = runs.list_records(run)
     assert {(s, sp, v) for s, sp, v, _ in files} == {

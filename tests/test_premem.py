@@ -110,18 +110,25 @@ GRID = np.linspace(-5, 1, 50)
 T_STAR = float(GRID[21])  # the threshold planted_runs plants
 
 
-def test_step0_counts_as_a_checkpoint(tmp_path):
-    # example 0 is solved (unmemorized) by the base model, then memorized: PreMemAcc keeps 1.0
+def test_step0_is_left_out_by_default_and_counts_when_asked(tmp_path):
+    # example 0 is solved (unmemorized) by the base model, then memorized at every trained checkpoint
     acc = np.array([[1.0, 0.0], [1.0, 0.5], [1.0, 0.5]])
     ppl = np.array([[3.0, 3.0], [LOW, 3.0], [LOW, LOW]])
     run = write_synthetic_run(tmp_path / "r", [0, 100, 200], acc, ppl, [0.5, 0.6, 0.7])
+    # the paper: max over trained checkpoints 1 <= m' <= m; the base model's solve does not count
     s = analysis.analyze([run], tmp_path / "a", threshold_loglog=T, figures=False, **QUIET)
-    assert [p["step"] for p in s["points"]] == [0, 100, 200]
-    np.testing.assert_allclose([p["premem_acc"] for p in s["points"]], [0.5, 0.75, 0.75])
-    s2 = analysis.analyze([run], tmp_path / "b", threshold_loglog=T, include_step0=False, figures=False, **QUIET)
-    assert [p["step"] for p in s2["points"]] == [100, 200]
-    np.testing.assert_allclose([p["premem_acc"] for p in s2["points"]], [0.25, 0.25])
-    assert s["include_step0"] is True and s2["include_step0"] is False
+    assert [p["step"] for p in s["points"]] == [100, 200]
+    np.testing.assert_allclose([p["premem_acc"] for p in s["points"]], [0.25, 0.25])
+    # asked for: step 0 is a point and its unmemorized solve is carried by the running max
+    s2 = analysis.analyze([run], tmp_path / "b", threshold_loglog=T, include_step0=True, figures=False, **QUIET)
+    assert [p["step"] for p in s2["points"]] == [0, 100, 200]
+    np.testing.assert_allclose([p["premem_acc"] for p in s2["points"]], [0.5, 0.75, 0.75])
+    assert s["include_step0"] is False and s2["include_step0"] is True
+    # the command line: default, --no-step0 (the default, kept for old command lines), --include-step0
+    for flags, want in (([], 2), (["--no-step0"], 2), (["--include-step0"], 3)):
+        out = tmp_path / f"cli{len(flags)}{flags[:1]}"
+        assert premem.main(["analyze", str(run), "--out", str(out), "--threshold", str(T), "--no-figures", *flags]) == 0
+        assert len(json.loads((out / "summary.json").read_text())["points"]) == want
 
 
 def planted_runs(root, t_star, n_runs=6, n_ex=1500, seed=0):

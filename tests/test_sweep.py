@@ -37,9 +37,11 @@ MATH_LLAMA = [(1, "full", 5e-7), (1, "full", 5e-5), (1, "full", 2e-4),
 # data, then half and quarter (lr and epochs inferred; see the grid files)
 GEMMA2 = [(e, "full", lr) for e in (1, 3, 6) for lr in (5e-7, 5e-6, 5e-5, 5e-4)] + \
     [(6, "half", 5e-5), (12, "quarter", 5e-5)]
-RECIPE_A = dict(optimizer="adamw", lr_scheduler="linear", warmup_steps=20, warmup_ratio=0.0, max_grad_norm=2.0)
-RECIPE_B = dict(optimizer="adam", lr_scheduler="cosine", warmup_ratio=0.1, max_grad_norm=1.0, batch_size=32,
-                weight_decay=0.0)
+RECIPE_A = dict(lr_scheduler="linear", warmup_steps=20, warmup_ratio=0.0, max_grad_norm=2.0, weight_decay=0.01)
+RECIPE_B = dict(lr_scheduler="cosine", warmup_ratio=0.1, max_grad_norm=1.0, batch_size=32, weight_decay=0.0)
+# the paper's grids run the authors' regime: full finetuning, fp32 master weights, paged 8-bit AdamW
+FULL_FT = dict(lora_r=0, quantization="none", dtype="fp32", mixed_precision="bf16", optimizer="paged_adamw_8bit",
+               gradient_checkpointing=True)
 
 
 def cells_of(grid):
@@ -64,9 +66,8 @@ def test_gsm8k_llama3_grid_matches_the_appendix_cells_and_recipe():
     assert cells_of(g) == GSM8K_LLAMA
     for c in g["cells"]:
         cfg = c["cfg"]
-        assert {k: cfg[k] for k in RECIPE_A} == RECIPE_A
+        assert {k: cfg[k] for k in RECIPE_A} == RECIPE_A and {k: cfg[k] for k in FULL_FT} == FULL_FT
         assert cfg["batch_size"] == 128 and cfg["task"] == "gsm8k" and cfg["model"] == "meta-llama/Meta-Llama-3-8B"
-        assert cfg["quantization"] == "4bit"
         # half and quarter runs keep the optimizer steps of 3 full epochs
         frac = {"full": 1, "half": 0.5, "quarter": 0.25}[cfg["subset"]]
         assert cfg["num_epochs"] * frac in (1, 3, 6)
@@ -93,6 +94,7 @@ def test_math_llama3_grid_matches_the_release_cells_and_recipe():
     for c in g["cells"]:
         cfg = c["cfg"]
         assert {k: cfg[k] for k in RECIPE_A} == RECIPE_A and cfg["batch_size"] == 24 and cfg["task"] == "math"
+        assert {k: cfg[k] for k in FULL_FT} == FULL_FT and cfg["eval_top_p"] == 1.0
 
 
 @pytest.mark.parametrize("task", ["gsm8k", "math"])
@@ -102,10 +104,23 @@ def test_gemma2_grids_have_the_14_cells_and_recipe_b(task):
     for c in g["cells"]:
         cfg = c["cfg"]
         assert {k: cfg[k] for k in RECIPE_B} == RECIPE_B and cfg["model"] == "google/gemma-2-9b"
-        assert cfg["task"] == task and cfg["quantization"] == "4bit"
+        assert cfg["task"] == task and {k: cfg[k] for k in FULL_FT} == FULL_FT
     # the two cells whose lr and epochs are read off the plot say so
     assert [c["name"] for c in g["cells"] if c["note"]] == [f"{task}_gemma2-9b_6ep_half_lr5e-5",
                                                            f"{task}_gemma2-9b_12ep_quarter_lr5e-5"]
+
+
+@pytest.mark.parametrize("paper", ["gsm8k_llama3-8b", "math_llama3-8b", "gsm8k_gemma2-9b", "math_gemma2-9b"])
+def test_qlora_grids_are_the_paper_cells_with_ten_times_the_learning_rate(paper):
+    full, q = load_grid(paper), load_grid(f"{paper}-qlora")
+    assert [(e, s, pytest.approx(lr * 10)) for e, s, lr in cells_of(full)] == cells_of(q)
+    recipe = RECIPE_A if "llama3" in paper else RECIPE_B
+    for c in q["cells"]:
+        cfg = c["cfg"]
+        assert cfg["quantization"] == "4bit" and cfg["lora_r"] == 16 and cfg["optimizer"] in ("adamw", "adam")
+        assert {k: cfg[k] for k in recipe} == recipe and "-qlora_" in c["name"]
+    assert "NOT THE PAPER'S NUMBERS" in q["path"].read_text()
+    assert not {c["name"] for c in q["cells"]} & {c["name"] for c in full["cells"]}
 
 
 def test_a_grid_without_cells_is_refused_with_its_notes(tmp_path):

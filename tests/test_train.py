@@ -253,3 +253,24 @@ def test_a_non_empty_folder_that_is_not_a_run_is_refused(tmp_path, tiny_model):
     with pytest.raises(config.ConfigError, match="not a run folder made by train.py"):
         training.run_training(tiny_cfg(tiny_model, other))
     assert (other / "checkpoint-10").exists() and not (other / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("recipe", ["fullft_llama3_8b_gsm8k", "fullft_gemma2_9b_math"])
+def test_full_finetuning_recipe_builds_the_optimizer_it_names(tmp_path, tiny_model, recipe):
+    """The authors' regime on one GPU: no adapter, fp32 master weights, bitsandbytes' paged 8-bit AdamW,
+    the recipe's weight decay, gradient checkpointing (the tiny model on CPU stands in for 8-9B)."""
+    from conftest import DEMO_DATA
+    from premem_kit import data, models
+
+    cfg = config.load_config(ROOT / "configs" / "recipes" / f"{recipe}.yaml",
+                             [f"model={tiny_model}", f"data={DEMO_DATA}", f"run_dir={tmp_path / 'r'}", "task=gsm8k",
+                              "max_train_examples=4", "batch_size=4", "micro_batch_size=2"])
+    tok, model = models.load_for_training(cfg)
+    assert not hasattr(model, "peft_config") and all(p.requires_grad for p in model.parameters())
+    trainer = training.build_trainer(cfg, tmp_path / "r", data.train_examples(cfg), tok, model)
+    opt = trainer.create_optimizer()
+    assert type(opt).__module__.startswith("bitsandbytes.optim") and opt.is_paged and opt.args.optim_bits == 8
+    decay = max(g["weight_decay"] for g in opt.param_groups)  # norms and biases get none, as in the HF Trainer
+    assert decay == {"fullft_llama3_8b_gsm8k": 0.01, "fullft_gemma2_9b_math": 0.0}[recipe]
+    assert trainer.args.activation_checkpointing and next(model.parameters()).dtype == torch.float32
+    assert training.autocast_dtype(cfg, torch.float32) == "bf16"  # bf16 compute on a GPU
