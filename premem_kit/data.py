@@ -41,21 +41,28 @@ def make_target(solution: str) -> str:
 
 # ----------------------------------------------------------------------------- reading files
 
-def read_jsonl(path, required=()) -> list[dict]:
-    """Rows of a JSONL file; a malformed line is an error naming the file and line number."""
+def read_jsonl(path, required=(), numbered: bool = False) -> list:
+    """Rows of a JSONL file; a malformed line is an error naming the file and line number.
+    numbered=True gives (line number, row) pairs."""
     try:
-        return _read_jsonl_file(path, required)
+        return _read_jsonl_file(path, required, numbered=numbered)
     except JsonlError as e:
         raise DataError(str(e)) from None
 
 
-def _local_split(folder: Path, split: str, required) -> list[dict]:
+def located_rows(path, required=()) -> list[tuple[str, dict]]:
+    """(where, row) pairs of a JSONL file, where = "FILE, line N" for messages about that row."""
+    return [(f"{path}, line {n}", r) for n, r in read_jsonl(path, required, numbered=True)]
+
+
+def _local_split(folder: Path, split: str, required) -> list[tuple[str, dict]]:
     p = folder / f"{split}.jsonl"
-    if not p.exists():
+    if not p.is_file():
         have = sorted(x.name for x in folder.iterdir()) if folder.is_dir() else []
-        raise DataError(f"data folder {folder} has no {split}.jsonl (found: {have or 'nothing'}); "
-                        f"expected train.jsonl and test.jsonl in the original schema")
-    return read_jsonl(p, required)
+        what = "has a folder named" if p.exists() else "has no"
+        raise DataError(f"data folder {folder} {what} {split}.jsonl (found: {have or 'nothing'}); "
+                        f"expected train.jsonl and test.jsonl files in the original schema")
+    return located_rows(p, required)
 
 
 def _hub_split(name: str, config, split: str) -> list[dict]:
@@ -68,7 +75,7 @@ def _hub_split(name: str, config, split: str) -> list[dict]:
             f"{type(e).__name__}: {str(e)[:300]}\nIf this machine is offline, point 'data' at a local folder "
             f"holding train.jsonl and test.jsonl (e.g. data=data/gsm8k_demo, shipped with this repo)."
         ) from None
-    return [dict(r) for r in ds]
+    return [(f"{name} ({split} split) row {i}", dict(r)) for i, r in enumerate(ds)]
 
 
 def _is_local(data: str) -> bool:
@@ -76,9 +83,12 @@ def _is_local(data: str) -> bool:
     return Path(data).expanduser().exists() or data.startswith((".", "/", "~"))
 
 
-def _rows(data: str, config, split: str, required) -> list[dict]:
+def _rows(data: str, config, split: str, required) -> list[tuple[str, dict]]:
     if _is_local(data):
         folder = Path(data).expanduser()
+        if folder.is_file():
+            raise DataError(f"data={data} is a file; 'data' takes a folder holding train.jsonl and test.jsonl "
+                            f"(a file of extra train examples goes in train_file)")
         if not folder.is_dir():
             raise DataError(f"data folder {folder} does not exist")
         return _local_split(folder, split, required)
@@ -87,14 +97,28 @@ def _rows(data: str, config, split: str, required) -> list[dict]:
 
 # ----------------------------------------------------------------------------- tasks
 
-def gsm8k_example(row: dict, split: str, index: int) -> dict:
-    q, sol = row["question"], row["answer"]
+def _text(row: dict, key: str, where: str) -> str:
+    v = row.get(key)
+    if not isinstance(v, str) or not v.strip():
+        raise DataError(f"{where}: '{key}' must be non-empty text, got {v!r}")
+    return v
+
+
+def gsm8k_example(row: dict, split: str, index: int, where: str = "") -> dict:
+    where = where or f"{split} example {index}"
+    q, sol = _text(row, "question", where), _text(row, "answer", where)
+    if "####" not in sol:
+        raise DataError(f"{where}: the GSM8K answer has no final '#### <number>' line: {sol[-80:]!r}")
     return {"id": row.get("id") or f"gsm8k/{split}/{index}", "question": q, "solution": sol,
             "reference": grading.gsm8k_reference(sol), "prompt": make_prompt(q), "target": make_target(sol)}
 
 
-def math_example(row: dict, split: str, index: int) -> dict:
-    q, sol = row["problem"], row["solution"]
+def math_example(row: dict, split: str, index: int, where: str = "") -> dict:
+    where = where or f"{split} example {index}"
+    q, sol = _text(row, "problem", where), _text(row, "solution", where)
+    if grading.math_reference(sol) is None:
+        raise DataError(f"{where}: the MATH solution has no \\boxed{{...}} final answer, so no sample could be "
+                        f"graded correct; fix or remove that example")
     level = row.get("level")
     if isinstance(level, str):
         digits = "".join(c for c in level if c.isdigit())
@@ -109,10 +133,10 @@ def load_split(task: str, data: str, split: str, data_config=None, math_levels=N
     if task == "gsm8k":
         rows = _rows(data, data_config or ("main" if data == "openai/gsm8k" else None), split,
                      ("question", "answer"))
-        exs = [gsm8k_example(r, split, i) for i, r in enumerate(rows)]
+        exs = [gsm8k_example(r, split, i, w) for i, (w, r) in enumerate(rows)]
     elif task == "math":
         rows = _rows(data, data_config, split, ("problem", "solution"))
-        exs = [math_example(r, split, i) for i, r in enumerate(rows)]
+        exs = [math_example(r, split, i, w) for i, (w, r) in enumerate(rows)]
         if math_levels:
             exs = [e for e in exs if e["level"] in set(math_levels)]
     else:
@@ -129,11 +153,13 @@ def load_extra_file(path, task: str) -> list[dict]:
     if not p.exists():
         raise DataError(f"train_file {p} does not exist")
     req = ("question", "answer") if task == "gsm8k" else ("problem", "solution")
-    rows = read_jsonl(p, req)
+    if not p.is_file():
+        raise DataError(f"train_file {p} is not a file")
+    rows = located_rows(p, req)
     make = gsm8k_example if task == "gsm8k" else math_example
     out = []
-    for i, r in enumerate(rows):
-        ex = make(r, "extra", i)
+    for i, (where, r) in enumerate(rows):
+        ex = make(r, "extra", i, where)
         if not r.get("id"):
             ex["id"] = f"{p.stem}/{i}"
         ex["meta"] = {k: v for k, v in r.items() if k not in req and k != "id"}
@@ -170,6 +196,10 @@ def train_examples(cfg: dict) -> list[dict]:
     by_id = {e["id"]: e for e in full}
     if len(by_id) != len(full):
         raise DataError("train examples have duplicate ids")
+    clash = [e["id"] for e in extra if e["id"] in by_id]
+    if clash:
+        raise DataError(f"train_file {cfg['train_file']}: id {clash[0]!r} (and {len(clash) - 1} more) is also an id "
+                        f"of the {cfg['task']} train split; give appended examples ids of their own")
     ids = subset_ids([e["id"] for e in full], cfg["subset"], cfg["seed"])
     if cfg.get("subset_fraction") is not None:  # a prefix of the same seeded order: nested subsets
         ids = ids[: max(1, int(len(ids) * parse_fraction(cfg["subset_fraction"])))]

@@ -152,7 +152,14 @@ def target_nll(model, tok, prompts, targets, batch_size=16, max_length=None, des
 
 def perplexities(model, tok, prompts, targets, **kw):
     nll, ntok = target_nll(model, tok, prompts, targets, **kw)
-    return [math.exp(x) if x == x else math.nan for x in nll], ntok
+    return [ppl_from_nll(x) for x in nll], ntok
+
+
+def ppl_from_nll(x: float) -> float:
+    """exp(mean NLL); inf past exp's range (about 709: a target the model finds all but impossible)."""
+    if x != x:
+        return math.nan
+    return math.exp(x) if x < 709 else math.inf
 
 
 def greedy_with_likelihood(model, tok, prompts, max_new_tokens=512, batch_size=32, progress=True, **kw):

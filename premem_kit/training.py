@@ -81,6 +81,16 @@ def clean_for_resume(run: Path) -> Path | None:
     return resume
 
 
+def accumulation_steps(cfg: dict, world_size: int) -> int:
+    """Gradient accumulation that keeps the effective batch at batch_size over world_size processes."""
+    per_step = cfg["micro_batch_size"] * world_size
+    if cfg["batch_size"] % per_step:
+        raise config_mod.ConfigError(
+            f"batch_size {cfg['batch_size']} must be a multiple of micro_batch_size {cfg['micro_batch_size']} "
+            f"x {world_size} process(es)")
+    return cfg["batch_size"] // per_step
+
+
 def training_arguments(cfg: dict, run: Path, world_size: int):
     """The TrainingArguments of a config (the papers' recipes map onto them one to one)."""
     import torch
@@ -88,11 +98,7 @@ def training_arguments(cfg: dict, run: Path, world_size: int):
 
     from . import models
 
-    accum = cfg["batch_size"] // (cfg["micro_batch_size"] * world_size)
-    if accum < 1 or cfg["batch_size"] % (cfg["micro_batch_size"] * world_size):
-        raise config_mod.ConfigError(
-            f"batch_size {cfg['batch_size']} must be a multiple of micro_batch_size {cfg['micro_batch_size']} "
-            f"x {world_size} process(es)")
+    accum = accumulation_steps(cfg, world_size)
     on_gpu = torch.cuda.is_available()
     mp = autocast_dtype(cfg, models.resolve_dtype(cfg["dtype"]))
     gc = cfg["gradient_checkpointing"]
@@ -195,6 +201,7 @@ def run_training(cfg: dict) -> dict:
 
     state = dist_state()
     run = check_run_dir(cfg)
+    accumulation_steps(cfg, state.num_processes)  # before anything is written
     if runs.summary_path(run).exists():
         log.info("%s is already trained (train_summary.json exists); nothing to do", run)
         return json.loads(runs.summary_path(run).read_text())

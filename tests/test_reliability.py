@@ -1,0 +1,342 @@
+"""Bad input, as a demanding user gives it: every case ends in a clean error before anything is written
+(exit 2, a message naming the file / line / key / option and what is expected) or in a correct result.
+
+One table per script, each row: the arguments, the exit code, a phrase the message must contain. The
+commands run in-process (their main()), and each row checks that no file in the sandbox changed.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import DEMO_DATA, tiny_cfg, write_synthetic_run
+
+import evaluate
+import premem
+import sweep
+import train
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def run_main(main, argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory, tiny_model):
+    """A config file, data folders good and bad, and one trained run of the tiny model."""
+    from premem_kit.training import run_training
+
+    root = tmp_path_factory.mktemp("reliability")
+    cfg = tiny_cfg(tiny_model, root / "run", num_epochs=1, max_train_examples=4, eval_train_examples=2,
+                   eval_test_examples=2, eval_max_new_tokens=4)
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    run_training(cfg)
+    bad = root / "bad"
+    for name, text in {
+        "nonutf8": b"\xff\xfe{}\n", "null_answer": b'{"question": "q", "answer": null}\n',
+        "no_hashes": b'{"question": "q", "answer": "2 + 2 = 4"}\n',
+    }.items():
+        (bad / name).mkdir(parents=True)
+        (bad / name / "train.jsonl").write_bytes(text)
+        (bad / name / "test.jsonl").write_bytes(text)
+    (bad / "dir_train" / "train.jsonl").mkdir(parents=True)
+    (bad / "list.yaml").write_text("- a\n- b\n")
+    (bad / "invalid.yaml").write_text("key: [unclosed\n")
+    foreign = root / "hf_out" / "checkpoint-5"
+    foreign.mkdir(parents=True)
+    (foreign / "model.safetensors").write_text("x")
+    return root
+
+
+TRAIN_CASES = [  # overrides after cfg.yaml; expected phrase
+    (["learning_rat=1e-4"], "did you mean 'learning_rate'"),
+    (["num_epochs=0"], "'num_epochs' must be > 0"),
+    (["num_epochs=nan"], "'num_epochs' must be a finite number"),
+    (["max_train_examples=0"], "'max_train_examples' must be >= 1"),
+    (["max_train_examples=-5"], "'max_train_examples' must be >= 1"),
+    (["batch_size=0"], "'batch_size' must be >= 1"),
+    (["micro_batch_size=0"], "'micro_batch_size' must be >= 1"),
+    (["batch_size=6", "micro_batch_size=4"], "batch_size (6) must be a multiple of micro_batch_size (4)"),
+    (["learning_rate=-1"], "'learning_rate' must be > 0"),
+    (["learning_rate=inf"], "'learning_rate' must be a finite number"),
+    (["warmup_ratio=2"], "'warmup_ratio' must be >= 0 and < 1"),
+    (["lora_r=-3"], "'lora_r' must be >= 0"),
+    (["eval_top_p=5"], "'eval_top_p' must be > 0 and <= 1"),
+    (["eval_temperature=-1"], "'eval_temperature' must be >= 0"),
+    (["eval_samples=0"], "'eval_samples' must be >= 1"),
+    (["data={bad}/nonutf8", "run_dir={root}/fresh"], "not UTF-8"),
+    (["data={bad}/null_answer", "run_dir={root}/fresh"], "train.jsonl, line 1: 'answer' must be non-empty text"),
+    (["data={bad}/no_hashes", "run_dir={root}/fresh"], "train.jsonl, line 1: the GSM8K answer has no final '#### <number>'"),
+    (["data={bad}/dir_train", "run_dir={root}/fresh"], "has a folder named train.jsonl"),
+    (["data={bad}/nonutf8/train.jsonl", "run_dir={root}/fresh"], "is a file; 'data' takes a folder"),
+    (["run_dir={root}/hf_out"], "not a run folder made by train.py"),
+    (["learning_rate=5e-4"], "made with a different config"),  # the trained run, another lr
+]
+
+
+@pytest.mark.parametrize("overrides,phrase", TRAIN_CASES, ids=[c[0][0][:30] for c in TRAIN_CASES])
+def test_train_bad_input(sandbox, capsys, overrides, phrase):
+    before = snapshot(sandbox)
+    argv = [str(sandbox / "cfg.yaml")] + [o.format(bad=sandbox / "bad", root=sandbox) for o in overrides]
+    (sandbox / "run" / "train_summary.json").rename(sandbox / "summary.bak")  # so a rerun would train
+    try:
+        code, err = run_main(train.main, argv, capsys)
+    finally:
+        (sandbox / "summary.bak").rename(sandbox / "run" / "train_summary.json")
+    assert code == 2 and phrase in err, err
+    assert snapshot(sandbox) == before
+
+
+@pytest.mark.parametrize("name,phrase", [("list.yaml", "expected a mapping"), ("invalid.yaml", "not valid YAML"),
+                                         ("demo.yml", "does not exist")])
+def test_train_bad_config_files(sandbox, capsys, name, phrase):
+    code, err = run_main(train.main, [str(sandbox / "bad" / name)], capsys)
+    assert code == 2 and phrase in err
+
+
+def test_train_config_typo_offers_the_right_file(capsys, monkeypatch):
+    from conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    code, err = run_main(train.main, ["configs/demo.yml"], capsys)
+    assert code == 2 and "did you mean configs/demo.yaml?" in err
+    code, err = run_main(train.main, [], capsys)
+    assert code == 2 and "configs/demo.yaml" in err
+
+
+EVAL_CASES = [
+    (["--train-examples", "0"], "--train-examples must be at least 1"),
+    (["--train-examples", "-1"], "--train-examples must be at least 1"),
+    (["--test-examples", "0"], "--test-examples must be at least 1"),
+    (["--samples", "0"], "--samples must be at least 1"),
+    (["--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--top-p", "5"], "--top-p must be in (0, 1]"),
+    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--steps", "99"], "--steps 99 is not a complete checkpoint (have: 1)"),
+]
+
+
+@pytest.mark.parametrize("args,phrase", EVAL_CASES, ids=[" ".join(c[0]) for c in EVAL_CASES])
+def test_evaluate_bad_input(sandbox, capsys, args, phrase):
+    before = snapshot(sandbox)
+    code, err = run_main(evaluate.main, [str(sandbox / "run"), *args], capsys)
+    assert code == 2 and phrase in err, err
+    assert snapshot(sandbox) == before
+
+
+def test_evaluate_bad_run_folders(sandbox, capsys, tmp_path):
+    code, err = run_main(evaluate.main, [str(tmp_path / "typo")], capsys)
+    assert code == 2 and "no such run folder" in err
+    for text, phrase in (("- a\n", "expected a mapping"), ("x: [\n", "not valid YAML")):
+        (tmp_path / "r").mkdir(exist_ok=True)
+        (tmp_path / "r" / "config.yaml").write_text(text)
+        code, err = run_main(evaluate.main, [str(tmp_path / "r")], capsys)
+        assert code == 2 and phrase in err
+    # a complete checkpoint without its adapter files: the kit's own message, not peft's
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sandbox / "run", broken, ignore=shutil.ignore_patterns("records"))
+    (broken / "checkpoint-1" / "adapter_config.json").unlink()
+    code, err = run_main(evaluate.main, [str(broken)], capsys)
+    assert code == 2 and "checkpoint-1: no adapter_config.json" in err
+
+
+def test_a_locked_run_is_refused_by_train_and_evaluate(sandbox, capsys):
+    from premem_kit import runs
+    from premem_kit.files import FileLock
+
+    before = snapshot(sandbox)
+    with FileLock(runs.lock_path(sandbox / "run"), "test"):
+        code, err = run_main(evaluate.main, [str(sandbox / "run"), "--force"], capsys)
+        assert code == 2 and "is in use by pid" in err
+        (sandbox / "run" / "train_summary.json").rename(sandbox / "summary.bak")
+        try:
+            code, err = run_main(train.main, [str(sandbox / "cfg.yaml")], capsys)
+        finally:
+            (sandbox / "summary.bak").rename(sandbox / "run" / "train_summary.json")
+        assert code == 2 and "is in use by pid" in err
+    assert snapshot(sandbox) == before
+
+
+ANALYZE_CASES = [
+    (["--threshold", "inf"], "finite"),
+    (["--threshold", "nan"], "finite"),
+    (["--threshold-ppl", "-1"], "> 0"),
+    (["--fragile-t", "2"], "[0, 1]"),
+    (["--sweep-points", "0"], "grid"),
+]
+
+
+@pytest.mark.parametrize("args,phrase", ANALYZE_CASES, ids=[" ".join(c[0]) for c in ANALYZE_CASES])
+def test_analyze_bad_input_writes_nothing(tmp_path, capsys, args, phrase):
+    import numpy as np
+
+    run = write_synthetic_run(tmp_path / "r", [10, 20], np.full((2, 3), 0.5), np.full((2, 3), 2.0), [0.4, 0.5])
+    out = tmp_path / "out"
+    code, err = run_main(premem.main, ["analyze", str(run), "--out", str(out), *args], capsys)
+    assert code == 2 and phrase in err, err
+    assert not out.exists()
+
+
+def test_analyze_without_records_says_what_to_run(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    code, err = run_main(premem.main, ["analyze", str(tmp_path / "r"), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and f"python evaluate.py {tmp_path / 'r'}" in err
+
+
+def test_perplexity_overflow_is_infinite_not_a_crash():
+    import math
+
+    from premem_kit.inference import ppl_from_nll
+
+    assert ppl_from_nll(710.0) == math.inf and ppl_from_nll(5000.0) == math.inf
+    assert ppl_from_nll(1.0) == pytest.approx(math.e) and math.isnan(ppl_from_nll(math.nan))
+
+
+def test_appended_train_file_ids_must_not_collide(tmp_path, tiny_model):
+    from premem_kit import data
+
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(json.dumps({"id": "gsm8k/train/3", "question": "q?", "answer": "1 + 1 = 2\n#### 2"}) + "\n")
+    cfg = tiny_cfg(tiny_model, tmp_path / "r", train_file=str(extra), train_file_mode="append")
+    with pytest.raises(data.DataError, match=r"id 'gsm8k/train/3' .* is also an id of the gsm8k train split"):
+        data.train_examples(cfg)
+
+
+def test_math_solution_without_a_boxed_answer_is_an_error(tmp_path):
+    from premem_kit import data
+
+    (tmp_path / "train.jsonl").write_text(json.dumps({"problem": "p", "solution": "x = 2"}) + "\n")
+    (tmp_path / "test.jsonl").write_text("")
+    with pytest.raises(data.DataError, match=r"train\.jsonl, line 1: the MATH solution has no \\boxed"):
+        data.load_split("math", str(tmp_path), "train")
+
+
+def test_grid_cell_names_cannot_leave_the_runs_root(tmp_path, capsys):
+    from conftest import ROOT
+
+    g = tmp_path / "g.yaml"
+    g.write_text(f"base: {ROOT / 'configs' / 'demo.yaml'}\nruns_root: {tmp_path / 'runs'}\n"
+                 "cells:\n  - {name: ../../x, num_epochs: 1}\n")
+    code, err = run_main(sweep.main, ["run", str(g)], capsys)
+    assert code == 2 and "g.yaml line 4 (cell 1)" in err and "../../x" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_environment_has_no_hub_access_needed():
+    assert os.environ.get("HF_HUB_OFFLINE") == "1" and DEMO_DATA.is_dir()
+
+
+# ----------------------------------------------------------------------------- the rephrase client's secrets
+
+class Server:
+    """A local HTTP server answering each POST with the next canned (status, headers, body)."""
+
+    def __init__(self, replies):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.replies, self.seen = list(replies), []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                outer.seen.append((self.command, self.path, dict(self.headers), body))
+                status, headers, text = outer.replies.pop(0) if outer.replies else (500, {}, "none left")
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                data = text.encode()
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_POST = do_GET = _answer
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+KEY = "sk-secret-123"
+OK = (200, {"Content-Type": "application/json"}, json.dumps({"choices": [{"message": {"content": "hi"}}]}))
+
+
+def client(url, **kw):
+    from premem_kit.chat import OpenAIChat
+
+    return OpenAIChat(base_url=url, model="m", api_key=KEY, rpm=0, backoff=0.01, **kw)
+
+
+def test_a_redirect_is_refused_and_the_key_goes_nowhere_else():
+    from premem_kit.curation import CurationError
+
+    other = Server([OK])
+    first = Server([(307, {"Location": other.url + "/v1/chat/completions"}, "")])
+    try:
+        with pytest.raises(CurationError, match="does not follow redirects"):
+            client(first.url)([{"role": "user", "content": "x"}])
+        assert len(first.seen) == 1 and first.seen[0][2].get("Authorization") == f"Bearer {KEY}"
+        assert other.seen == []  # the redirect target never saw a request, let alone the key
+    finally:
+        first.close()
+        other.close()
+
+
+def test_retry_after_is_capped_and_the_deadline_holds(monkeypatch):
+    from premem_kit import chat
+    from premem_kit.curation import CurationError
+
+    slept = []
+    monkeypatch.setattr(chat.time, "sleep", lambda s: slept.append(s))
+    srv = Server([(429, {"Retry-After": "86400"}, "slow down"), OK])
+    try:
+        assert client(srv.url)([{"role": "user", "content": "x"}]) == "hi"
+        assert slept == [chat.MAX_RETRY_AFTER]  # not a day
+    finally:
+        srv.close()
+    srv = Server([(503, {"Retry-After": "50"}, "busy")] * 5)
+    try:
+        with pytest.raises(CurationError, match="within the 30 s deadline"):
+            client(srv.url, deadline=30)([{"role": "user", "content": "x"}])
+        assert len(srv.seen) == 1  # the second wait would pass the deadline: no retry
+    finally:
+        srv.close()
+
+
+def test_errors_and_repr_never_show_the_key():
+    from premem_kit.chat import OpenAIChat
+    from premem_kit.curation import CurationError
+
+    srv = Server([(401, {}, f"bad key: Authorization: Bearer {KEY}")])
+    try:
+        c = client(srv.url)
+        with pytest.raises(CurationError) as e:
+            c([{"role": "user", "content": "x"}])
+        assert KEY not in str(e.value) and "***" in str(e.value) and "HTTP 401" in str(e.value)
+        assert KEY not in repr(c) and KEY not in str(vars(c).get("api_key", ""))
+    finally:
+        srv.close()
+    with pytest.raises(CurationError, match="max_retries must be >= 0"):
+        OpenAIChat(base_url="http://127.0.0.1:9", model="m", max_retries=-1)
