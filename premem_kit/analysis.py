@@ -132,6 +132,8 @@ def fit_summary(points: pd.DataFrame, t: float, source: str, runs: list[RunData]
         n_runs=len(runs),
         n_points=len(points),
     )
+    summary["r2_note"] = r2_note(py)
+    summary["r2_meaningful"] = summary["r2_note"] is None
     if calib_names is None:
         return summary
     c = points["calibration"].to_numpy()
@@ -198,8 +200,35 @@ def timing(clock: list[float]) -> dict:
                 total=t_end - t0)
 
 
+MIN_R2_POINTS = 6  # below this, or with test accuracies this close together, R^2 measures noise
+MIN_R2_SPREAD = 0.02
+
+
+def r2_note(test_acc) -> str | None:
+    """Why R^2 over these points is not meaningful (None when it is)."""
+    y = np.asarray(test_acc, dtype=float)
+    if y.size < MIN_R2_POINTS:
+        return (f"only {y.size} (checkpoint, test accuracy) point(s): R^2 needs at least {MIN_R2_POINTS} "
+                f"(the paper fits 40+); analyze more runs or checkpoints")
+    if y.max() - y.min() < MIN_R2_SPREAD:
+        return (f"test accuracies span only {y.max() - y.min():.3f}: R^2 divides by their variance, so it "
+                f"measures noise; runs that differ in test accuracy are needed")
+    return None
+
+
+def print_points(points: pd.DataFrame, limit: int = 24) -> None:
+    """Predicted (mean PreMemAcc) and actual test accuracy per run and checkpoint."""
+    print(f"{'run':34s} {'step':>6} {'epoch':>6} {'train acc':>9} {'predicted':>9} {'test acc':>8}")
+    for r in points.head(limit).itertuples():
+        print(f"{str(r.run)[:34]:34s} {r.step:>6} {r.epoch:>6.2f} {r.train_acc:>9.3f} {r.premem_acc:>9.3f} "
+              f"{r.test_acc:>8.3f}")
+    if len(points) > limit:
+        print(f"... {len(points) - limit} more rows in summary.json (points)")
+
+
 def print_summary(s: dict, out: Path) -> None:
     """The threshold and the fit statistics of a summary, for the terminal."""
+    print_points(pd.DataFrame(s["points"]))
     src = s["threshold_source"]
     if src == "calibrated":
         n_cal = len(s.get("calibration_runs") or s["runs"])
@@ -209,6 +238,11 @@ def print_summary(s: dict, out: Path) -> None:
           f"  ({s['n_points']} points, {s['n_runs']} runs)")
     print(f"train accuracy vs test accuracy: R^2 = {fmt(s['train_acc_r2'])}"
           f"  Pearson r = {fmt(s['train_acc_pearson_r'])}")
+    if s.get("r2_note"):
+        print(f"note: these R^2 values are not meaningful: {s['r2_note']}")
+    else:
+        print("read: R^2 near 1 means mean PreMemAcc predicts test accuracy (points on y = x in figures/fig4.png);"
+              " raw train accuracy's R^2 is the baseline it beats")
     if "r2_heldout" in s:
         print(f"calibration runs: R^2 = {fmt(s['r2_calibration'])}   held-out runs: R^2 = {fmt(s['r2_heldout'])}"
               f"  Pearson r = {fmt(s['pearson_r_heldout'])}")

@@ -57,7 +57,12 @@ def fig1(points: pd.DataFrame, summary: dict):
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy")
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=7, frameon=False)
-    fig.suptitle("Figure 1: one line per run over its checkpoints", y=1.0)
+    if np.allclose(points["train_acc"], points["premem_acc"]):  # not a comparison: say why the panels match
+        axes[1].text(0.5, 0.02, "same as train accuracy: no solved example was memorized\nbefore it was solved",
+                     transform=axes[1].transAxes, ha="center", va="bottom", fontsize=7,
+                     bbox=dict(fc="w", ec="0.6"))
+    note = f" (R$^2$ not meaningful: {summary['r2_note'].split(':')[0]})" if summary.get("r2_note") else ""
+    fig.suptitle("Figure 1: one line per run over its checkpoints" + note, y=1.0)
     return fig
 
 
@@ -212,16 +217,23 @@ def r2_vs_threshold(sweep: pd.DataFrame, summary: dict):
     if "r2_heldout" in sweep and np.isfinite(sweep["r2_heldout"]).any():
         ax.plot(x, sweep["r2_heldout"], "-", c="C2", label="PreMemAcc R$^2$ (held-out runs)")
     tr = summary["train_acc_r2"]
-    if tr is not None:
+    vals = np.concatenate([r2[np.isfinite(r2)], [tr] if tr is not None else []])
+    lo = max(-1.0, float(vals.min())) - 0.05 if vals.size else -1.05
+    if tr is not None and tr < lo:  # off the chart: drawn on its lower edge and said so
+        ax.axhline(lo + 0.01, c="C3", ls=":", marker="v", markevery=[1], label=f"train accuracy R$^2$ ({tr:.3f}, below the axis)")
+    elif tr is not None:
         ax.axhline(tr, c="C3", ls=":", label=f"train accuracy R$^2$ ({tr:.3f})")
+    below = int((r2[np.isfinite(r2)] < lo).sum())
+    if below:
+        ax.text(0.98, 0.03, f"PreMemAcc R$^2$ below {lo:.2f} at {below} threshold(s)", transform=ax.transAxes,
+                ha="right", va="bottom", fontsize=7, color="C0")
     ax.axvline(summary["threshold_loglog"], c="k", ls="--", lw=1,
                label=f"chosen {summary['threshold_loglog']:.2f} (ppl {summary['threshold_ppl']:.4g})")
-    vals = np.concatenate([r2[np.isfinite(r2)], [tr] if tr is not None else []])
-    if vals.size:
-        ax.set_ylim(max(-1.0, float(vals.min())) - 0.05, 1.02)
+    ax.set_ylim(lo, 1.02)
     ax.set_xlabel("memorization threshold log(log(perplexity))")
     ax.set_ylabel("R$^2$ (test acc vs y = x)")
-    ax.set_title("R$^2$ against the memorization threshold")
+    note = "\n(not meaningful: " + summary["r2_note"].split(":")[0] + ")" if summary.get("r2_note") else ""
+    ax.set_title("R$^2$ against the memorization threshold" + note)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     return fig

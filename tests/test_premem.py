@@ -241,8 +241,14 @@ def test_r2_vs_threshold_plots_the_sweep_and_the_choice(planted):
         assert r2.get_label() == "PreMemAcc R$^2$"
         np.testing.assert_allclose(r2.get_xdata(), GRID)
         np.testing.assert_allclose(r2.get_ydata(), sweep["r2"])
-        assert train.get_label() == f"train accuracy R$^2$ ({s['train_acc_r2']:.3f})"
-        np.testing.assert_allclose(train.get_ydata(), s["train_acc_r2"])
+        # train accuracy's R^2 (-1.57) is below the axis (which stops at -1.05): drawn on the lower edge, and said
+        lo, hi = ax.get_ylim()
+        assert s["train_acc_r2"] < lo == pytest.approx(-1.05)
+        assert train.get_label() == f"train accuracy R$^2$ ({s['train_acc_r2']:.3f}, below the axis)"
+        np.testing.assert_allclose(train.get_ydata(), lo + 0.01)
+        n_below = int((sweep["r2"] < lo).sum())
+        texts = [t.get_text() for t in ax.texts]
+        assert n_below > 0 and texts == [f"PreMemAcc R$^2$ below {lo:.2f} at {n_below} threshold(s)"]
         np.testing.assert_allclose(chosen.get_xdata(), T_STAR)
         assert ax.get_xlabel() == "memorization threshold log(log(perplexity))"
     finally:
