@@ -4,7 +4,7 @@ sweep.py). Start with metric.py, the PreMemAcc metric in numpy.
 Layers: a module imports only from layers below its own (tests/test_layout.py reads this list).
 
     0  errors analysis_defaults                    the one error base class; analysis commands' defaults
-    1  files config grading metric cli curation wordproblems hub   atomic I/O, config schema, grading, metric
+    1  files config grading metric cli curation wordproblems hub download   I/O, config schema, grading, metric
     2  data records runs figures parallel          datasets, record schema, run-folder layout, figure files
     3  models inference rundata arith              model loading, batched sampling, loading runs
     4  evaluation calibration analysis_figures published rft chat prior_metrics
