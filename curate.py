@@ -4,12 +4,15 @@
                          [--temperature 0.7] [--top-p 1.0] [--max-new-tokens N] [--train-examples N]
                          [--questions run|split] [--batch-size B] [--samples-per-call S] [--seed 0]
                          [--cache-dir DIR] [--no-original] [--no-figures]
-    python curate.py scaling CONFIG --fractions 1/32 1/16 1/8 1/4 1/2 1 [--out DIR] [key=value ...]
+                         [--dedupe reference|strict] [--arith-check reference|rounding|exact]
+    python curate.py scaling CONFIG --fractions 1/32 1/16 1/8 1/4 1/2 1 [--out DIR] [--sampled]
+                             [key=value ...]
 
 rft      Rejection-sampling finetuning data (Yuan et al. 2023): k samples per train question from each
-         checkpoint, keep the correct ones whose <<expression=result>> arithmetic is right, one path per
-         equation list (the most edit-distant one), plus the original solution; several --from are
-         pooled before dedupe (their "U13B" union). Writes FILE.jsonl (GSM8K schema + provenance),
+         checkpoint, keep the correct ones whose <<expression=result>> arithmetic is right (Yuan et al.'s
+         check by default), one path per equation list (the most edit-distant one; by Yuan et al.'s rule
+         a sample with the original's equations is an extra path), plus the original solution; several
+         --from are pooled before dedupe (their "U13B" union). Writes FILE.jsonl (GSM8K schema + provenance),
          FILE.report.json (distinct paths per question, pass@k) and FILE.report.{png,pdf}. Raw samples
          are cached per checkpoint (CACHE/<run>.step-<step>.T<temp>.p<top_p>.m<max_new>.s<seed>.jsonl,
          default CACHE = RUN/rft_samples): a rerun, a smaller k or another pooling samples nothing, a
@@ -17,10 +20,12 @@ rft      Rejection-sampling finetuning data (Yuan et al. 2023): k samples per tr
 scaling  SFT data scaling: one run per fraction of the train set (nested seeded subsets, config key
          subset_fraction; with max_train_examples N set, fractions of those N examples) under
          OUT/frac-<p>_<q>/ (OUT default: the config's run_dir), trained as train.py trains and
-         evaluated on the test split at the last checkpoint; fits accuracy = a * log2(n) + b and
+         evaluated on the test split at the last checkpoint (greedy accuracy, as Yuan et al.; --sampled:
+         the sampled accuracy of the eval_* settings); fits accuracy = a * log2(n) + b and
          writes OUT/scaling.{json,png,pdf}. Finished runs and existing records are skipped.
 
-select   P'(x) from a trained run: --strategy premem (PreMemAcc < --t), iid, ifd, heuristic.
+select   P'(x) from a trained run's original train examples (D_train): --strategy premem (PreMemAcc < --t,
+         memorization threshold the task's: GSM8K -2.3, MATH -1.7), iid, ifd, heuristic.
 collect  N' new examples derived from a selection: --collector pool (--pool FILE.jsonl | holdout) or
          rephrase (OpenAI-compatible endpoint or local HF model; cached, retried, rate-limited).
 algo1    Algorithm 1: --rounds n of train, evaluate, PreMemAcc, choose P', collect N'; OUT/round-K/.
@@ -39,7 +44,7 @@ import sys
 from pathlib import Path
 
 from premem_kit import cli
-from premem_kit.curation import COLLECTORS, DEFAULT_MEM_THRESHOLD, DEFAULT_T, STRATEGIES
+from premem_kit.curation import COLLECTORS, DEFAULT_T, MEM_THRESHOLD_HELP, SELECT_FROM, STRATEGIES
 
 # ----------------------------------------------------------------------------- rft and scaling
 
@@ -51,7 +56,7 @@ def cmd_rft(a) -> int:
         sources=a.sources, out=a.out, k=a.k, temperature=a.temperature, top_p=a.top_p,
         max_new_tokens=a.max_new_tokens, questions=a.questions, train_examples=a.train_examples,
         batch_size=a.batch_size, samples_per_call=a.samples_per_call, seed=a.seed, cache_dir=a.cache_dir,
-        original=not a.no_original, figures=not a.no_figures))
+        original=not a.no_original, figures=not a.no_figures, dedupe=a.dedupe, arith_check=a.arith_check))
     d = report["distinct_paths_per_question"]
     print(f"wrote {a.out}: {report['rows']} rows for {report['questions']} questions; distinct paths per question "
           f"{d['mean']:.2f} (sampled {d['mean_sampled_only']:.2f}); distribution {d['distribution']}")
@@ -67,9 +72,10 @@ def cmd_scaling(a) -> int:
     # "--fractions 1/32 1 key=value": the greedy --fractions list also catches the overrides
     fractions = [x for x in a.fractions if "=" not in x]
     overrides = [*(x for x in a.fractions if "=" in x), *a.overrides]
-    res = run_scaling(a.config, overrides, fractions, a.out, draw=not a.no_figures)
+    res = run_scaling(a.config, overrides, fractions, a.out, draw=not a.no_figures, greedy=not a.sampled)
     for p in res["points"]:
-        print(f"fraction {p['fraction']:>6} n={p['n_train']:>6} test accuracy {p['test_accuracy']:.4f}")
+        print(f"fraction {p['fraction']:>6} n={p['n_train']:>6} {res['accuracy']} test accuracy "
+              f"{p['test_accuracy']:.4f}")
     fit = res["fit"]
     if fit:
         print(f"fit: accuracy = {fit['a']:.4f} * log2(n) + {fit['b']:.4f}  "
@@ -92,7 +98,8 @@ def collect_options(a):
 def loop_options(a):
     from premem_kit.algorithm1 import LoopOptions
 
-    return LoopOptions(n_new=a.n_new, rounds=a.rounds, t=a.t, mem_threshold=a.mem_threshold, fraction=a.fraction,
+    return LoopOptions(n_new=a.n_new, rounds=a.rounds, t=a.t, mem_threshold=a.mem_threshold,
+                       threshold_from=a.threshold_from, fraction=a.fraction, select_from=a.select_from,
                        ifd_scorer=a.ifd_scorer, ifd_scorer_examples=a.ifd_scorer_examples,
                        collect=collect_options(a))
 
@@ -100,8 +107,9 @@ def loop_options(a):
 def cmd_select(a) -> int:
     from premem_kit.selection import select_run
 
-    sel = select_run(a.run, a.strategy, a.out, t=a.t, mem_threshold=a.mem_threshold, fraction=a.fraction,
-                     ifd_scorer=a.ifd_scorer)
+    sel = select_run(a.run, a.strategy, a.out, t=a.t, mem_threshold=a.mem_threshold,
+                     threshold_from=a.threshold_from, fraction=a.fraction, ifd_scorer=a.ifd_scorer,
+                     select_from=a.select_from)
     print(f"{a.strategy}: P'(x) = {len(sel['selected'])} of {sel['n_examples']} train examples "
           f"({len(sel['sources'])} sources); wrote {a.out}")
     return 0
@@ -150,6 +158,7 @@ def cmd_fig8(a) -> int:
 
 def add_rft_parser(sub):
     from premem_kit import rft  # its docstring (the filter and dedupe rules) is the command's help
+    from premem_kit.arith import ARITH_CHECKS, DEFAULT_ARITH_CHECK
 
     p = sub.add_parser("rft", help="rejection-sampling finetuning data from trained checkpoints",
                        description=rft.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -170,6 +179,13 @@ def add_rft_parser(sub):
     p.add_argument("--seed", type=int, default=0, help="sampling seed (part of the cache file name)")
     p.add_argument("--cache-dir", help="sample cache folder (default RUN/rft_samples)")
     p.add_argument("--no-original", action="store_true", help="do not add the original solutions")
+    p.add_argument("--dedupe", choices=rft.DEDUPE_RULES, default=rft.DEFAULT_DEDUPE,
+                   help="reference (default, Yuan et al.'s code): a sample with the original's equations is kept "
+                        "as an extra path; strict (the kit's earlier rule): it is dropped")
+    p.add_argument("--arith-check", choices=ARITH_CHECKS, default=DEFAULT_ARITH_CHECK,
+                   help="reference (default, Yuan et al.'s code): |value - shown| < 1e-3 on the first two sides; "
+                        "rounding (the kit's earlier rule): relative 1e-4 or rounds to the shown digits; "
+                        "exact: every side equals the value")
     p.add_argument("--no-figures", action="store_true")
     return p
 
@@ -179,22 +195,31 @@ def add_scaling_parser(sub):
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Trains CONFIG on nested seeded fractions of its train set "
                        "(subset_fraction; of the first max_train_examples when that is set), evaluates "
-                       "each run's last checkpoint on the test split "
-                       "(--splits test --no-base) and fits test accuracy = a * log2(n) + b.")
+                       "each run's last checkpoint on the test split (greedy, as Yuan et al. report; "
+                       "--sampled: eval_samples samples at eval_temperature, the kit's earlier measure) "
+                       "and fits test accuracy = a * log2(n) + b.")
     p.add_argument("config", help="YAML train config")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     p.add_argument("--fractions", nargs="+", required=True, help="e.g. 1/32 1/16 1/8 1/4 1/2 1")
     p.add_argument("--out", help="parent folder of the runs (default: the config's run_dir)")
+    p.add_argument("--sampled", action="store_true",
+                   help="report the sampled test accuracy (eval_samples at eval_temperature) instead of the "
+                        "greedy one (the default, as Yuan et al.)")
     p.add_argument("--no-figures", action="store_true")
     return p
 
 
 def _add_selection_opts(p):
     p.add_argument("--t", type=float, default=DEFAULT_T, help="premem: PreMemAcc cut (default %(default)s)")
-    p.add_argument("--mem-threshold", type=float, default=DEFAULT_MEM_THRESHOLD,
-                   help="premem: memorization threshold on log(log(perplexity)) (default %(default)s)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--mem-threshold", type=float, metavar="LOGLOG", help=MEM_THRESHOLD_HELP)
+    g.add_argument("--threshold-from", metavar="SUMMARY_JSON",
+                   help="premem: take threshold_loglog from the summary.json of a premem.py analyze run")
     p.add_argument("--fraction", type=float,
                    help="ifd/heuristic: top fraction kept (default 0.5 GSM8K, 0.75 MATH)")
+    p.add_argument("--select-from", choices=SELECT_FROM, default="original",
+                   help="original (default, Algorithm 1 line 6): choose P'(x) among D_train, the original train "
+                        "examples; all: also among the curated rows the run trained on (the kit's earlier rule)")
 
 
 def _add_collect_opts(p):

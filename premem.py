@@ -3,7 +3,8 @@ Reveal About Generalization in LLM Reasoning?": predict test accuracy from train
 
     python premem.py analyze RUN_DIR... --out DIR [--threshold LOGLOG | --threshold-ppl P |
                                                    --calibrate-on RUN...] [--fragile-t 0.75]
-    python premem.py import-published SRC_CKPTS_DIR OUT_DIR [--model NAME] [--force]
+    python premem.py fetch-published OUT_DIR [--tasks gsm8k math] [--samples 5 | --all-samples]
+    python premem.py import-published SRC_CKPTS_DIR OUT_DIR [--model NAME] [--force] [--samples N | --most-samples]
     python premem.py robustness RUN --out DIR [--step N] [--threshold LOGLOG | ...]      (Figures 6-7)
     python premem.py priors RUN [RUN ...] --out DIR [--atc-reference RUN] [...]           (Figure 5)
 
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
     add_analyze(sub)
+    add_fetch_published(sub)
     add_import_published(sub)
     add_robustness(sub)
     add_priors(sub)
@@ -164,6 +166,30 @@ def add_import_published(sub) -> None:
     ip.add_argument("out", type=Path, metavar="OUT")
     ip.add_argument("--model", default=None, help=f"model name for config.yaml (default {DEFAULT_MODEL})")
     ip.add_argument("--force", action="store_true", help="rewrite existing files")
+    ns = ip.add_mutually_exclusive_group()
+    ns.add_argument("--samples", type=int, default=5, metavar="N",
+                    help="read the answer files with N samples per example (default %(default)s, the files the "
+                         "authors analyse); a checkpoint without one falls back to the most samples, with a warning")
+    ns.add_argument("--most-samples", action="store_true",
+                    help="read the answer file with the most samples (e.g. 50) in every checkpoint (the kit's "
+                         "earlier choice)")
+
+
+def add_fetch_published(sub) -> None:
+    fp = sub.add_parser(
+        "fetch-published", help="download the authors' published per-example results (checksummed, resumable)",
+        description="Downloads, from the authors' public repository github.com/katiekang1998/reasoning_generalization "
+        "(folder ckpts/, MIT) at the commit pinned in data/kang2025_manifest.json, the arrays import-published reads, "
+        "into OUT in the authors' layout; every file is checked against its sha256. A rerun resumes and skips "
+        "what is whole. Then: premem.py import-published OUT RUNS.")
+    fp.add_argument("out", type=Path, metavar="OUT")
+    fp.add_argument("--tasks", nargs="+", choices=["gsm8k", "math"], default=["gsm8k", "math"],
+                    help="13 GSM8K and 11 MATH runs (default both)")
+    ns = fp.add_mutually_exclusive_group()
+    ns.add_argument("--samples", type=int, default=5, metavar="N",
+                    help="answer files with N samples per example (default %(default)s; elsewhere the most)")
+    ns.add_argument("--all-samples", action="store_true", help="every answer file (133 MB in all)")
+    fp.add_argument("--base-url", help="another mirror of the repository at the pinned commit")
 
 
 def add_threshold_args(p: argparse.ArgumentParser) -> None:
@@ -218,10 +244,19 @@ def analyze(a) -> None:
                 figures=not a.no_figures, fig3_run=a.fig3_run)
 
 
+def fetch_published(a) -> None:
+    from premem_kit.download import fetch
+
+    r = fetch(a.out, tasks=a.tasks, samples=None if a.all_samples else a.samples, base_url=a.base_url)
+    print(f"fetch-published: {r['files']} files ({r['bytes'] / 1e6:.1f} MB) in {r['out']}: downloaded "
+          f"{r['downloaded']}, kept {r['kept']} (commit {r['commit'][:12]})\n"
+          f"next: python premem.py import-published {r['out']} runs/published")
+
+
 def import_published(a) -> None:
     from premem_kit.published import import_published as run_import
 
-    run_import(a.src, a.out, model=a.model, force=a.force)
+    run_import(a.src, a.out, model=a.model, force=a.force, samples=None if a.most_samples else a.samples)
 
 
 def threshold_kwargs(a) -> dict:
@@ -243,7 +278,7 @@ def priors(a) -> None:
                figures=not a.no_figures)
 
 
-COMMANDS = {"analyze": analyze, "import-published": import_published, "robustness": robustness, "priors": priors}
+COMMANDS = {"analyze": analyze, "fetch-published": fetch_published, "import-published": import_published, "robustness": robustness, "priors": priors}
 
 
 def main(argv=None) -> int:

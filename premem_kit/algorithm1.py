@@ -3,7 +3,9 @@
 
 Choose P'(x), the train examples new data should resemble, from a trained run by one of four strategies
 (selection.py); collect N' new examples derived from P'(x) with a collector (collectors.py); repeat for n
-rounds.
+rounds. As the paper's line 6 (PreMemAcc on D_train), P'(x) is chosen among D_train, the seed examples of
+round 0, never among the curated rows later rounds also train on (select_from "all": among both, the
+kit's earlier rule). The premem memorization threshold is the task's (GSM8K -2.3, MATH -1.7) unless given.
 
 OUT layout
 ----------
@@ -34,10 +36,11 @@ from . import collectors, runs
 from . import config as config_mod
 from . import data as data_mod
 from .chat import ResponseCache
-from .curation import (COLLECTORS, DEFAULT_MEM_THRESHOLD, DEFAULT_T, STRATEGIES, CurationError, source_of,
+from .curation import (COLLECTORS, DEFAULT_T, STRATEGIES, CurationError, source_of, task_mem_threshold,
                        to_row)
 from .files import atomic_write_json, read_jsonl, write_jsonl
-from .selection import ifd_scores, load_ifd_scorer, premem_scores, run_train_examples, select_ids
+from .selection import (d_train, ifd_scores, load_ifd_scorer, premem_scores, resolve_mem_threshold,
+                        run_train_examples, select_ids)
 
 log = logging.getLogger("curation")
 
@@ -117,11 +120,15 @@ def check_inputs(strategy: str, collector: str, pool, chat, ifd_scorer) -> None:
         raise CurationError("strategy ifd needs an IFD scorer model")
 
 
+# settings an OUT/algo1.json written before they existed was made with (the kit's earlier rule)
+EARLIER_SETTINGS = {"select_from": "all"}
+
+
 def claim_folder(out: Path, settings: dict) -> None:
     """Write OUT/algo1.json; a folder made with other settings is an error."""
     spath = out / "algo1.json"
     if spath.exists():
-        old = json.loads(spath.read_text())
+        old = {**EARLIER_SETTINGS, **json.loads(spath.read_text())}
         diff = [k for k in settings if old.get(k) != settings[k]]
         if diff:
             raise CurationError(f"{spath}: this folder was made with other settings ("
@@ -151,8 +158,9 @@ class Algorithm1:
     ifd_scorer: tuple | None = None  # (cfg, checkpoint) of the IFD scorer model
     round0_dir: Path | None = None   # a round-0 folder shared with other strategies (Figure 8)
     t: float = DEFAULT_T
-    mem_threshold: float = DEFAULT_MEM_THRESHOLD
+    mem_threshold: float | None = None  # None: the task's (curation.MEM_THRESHOLDS)
     fraction: float | None = None
+    select_from: str = "original"    # P'(x) among D_train (the seed examples) or "all" (+ curated rows)
     seed: int = 0
     train_fn: object = default_train_fn
     eval_fn: object = default_eval_fn
@@ -166,10 +174,15 @@ class Algorithm1:
     def task(self) -> str:
         return self.base_cfg["task"]
 
+    @property
+    def threshold(self) -> float:
+        """The memorization threshold in use: the one given, or the task's."""
+        return self.mem_threshold if self.mem_threshold is not None else task_mem_threshold(self.task)
+
     def settings(self) -> dict:
         return {"strategy": self.strategy, "collector": self.collector, "rounds": self.rounds,
-                "n_new": self.n_list, "t": self.t, "mem_threshold": self.mem_threshold,
-                "fraction": self.fraction, "seed": self.seed, "pool": self.pool_name,
+                "n_new": self.n_list, "t": self.t, "mem_threshold": self.threshold,
+                "fraction": self.fraction, "select_from": self.select_from, "seed": self.seed, "pool": self.pool_name,
                 "chat": getattr(self.chat, "ident", None), "model": self.base_cfg["model"], "task": self.task,
                 "data": self.base_cfg["data"]}
 
@@ -224,14 +237,19 @@ class Algorithm1:
         return info
 
     def choose(self, run: Path) -> dict:
-        """P' from the round's run by the strategy."""
-        exs = run_train_examples(run)
-        pm = premem_scores(run, self.mem_threshold) if self.strategy == "premem" else None
+        """P' from the round's run by the strategy, among D_train (the seed examples) unless select_from
+        is "all"."""
+        exs = d_train(run_train_examples(run), self.select_from, ids=[e["id"] for e in self.seed_examples])
+        pm = premem_scores(run, self.threshold) if self.strategy == "premem" else None
         ifd = None
         if self.strategy == "ifd":
             scfg, ckpt = self.ifd_scorer
             ifd = ifd_scores(exs, scfg, ckpt, self.out / "ifd_scores.jsonl")
-        return select_ids(self.strategy, exs, self.task, premem=pm, ifd=ifd, t=self.t, fraction=self.fraction)
+        sel = select_ids(self.strategy, exs, self.task, premem=pm, ifd=ifd, t=self.t, fraction=self.fraction)
+        sel["select_from"] = self.select_from
+        if self.strategy == "premem":
+            sel["mem_threshold"] = self.threshold
+        return sel
 
     def collect(self, k: int, sel: dict, curated: list[dict]) -> tuple[list[dict], dict]:
         """D'_{k+1}: N'_{k+1} new rows derived from P', never a candidate collected before."""
@@ -262,24 +280,26 @@ class Algorithm1:
 
 def run_algorithm1(base_cfg: dict, out, *, strategy: str, rounds: int, n_new, collector: str = "pool",
                    pool: list[dict] | None = None, pool_name: str = "", seed_examples: list[dict] | None = None,
-                   t: float = DEFAULT_T, mem_threshold: float = DEFAULT_MEM_THRESHOLD,
-                   fraction: float | None = None, chat=None, rephrase_cache: Path | None = None,
-                   ifd_scorer: tuple | None = None, round0_dir: Path | None = None,
-                   train_fn=default_train_fn, eval_fn=default_eval_fn, seed: int | None = None) -> dict:
+                   t: float = DEFAULT_T, mem_threshold: float | None = None,
+                   fraction: float | None = None, select_from: str = "original", chat=None,
+                   rephrase_cache: Path | None = None, ifd_scorer: tuple | None = None,
+                   round0_dir: Path | None = None, train_fn=default_train_fn, eval_fn=default_eval_fn,
+                   seed: int | None = None) -> dict:
     """Algorithm 1 (see the module docstring for OUT's layout). Returns summary.json's content.
 
     base_cfg: the training recipe (run_dir, train_file, subset keys are set per round); seed_examples:
-    D_train (default: data.train_examples(base_cfg)); pool: candidate rows (collector pool); chat: the
-    rephraser (collector rephrase); ifd_scorer: (cfg, checkpoint) of the IFD scorer model; round0_dir:
-    a shared round-0 folder (Figure 8)."""
+    D_train (default: data.train_examples(base_cfg)); mem_threshold: None for the task's; select_from:
+    "original" (P' among D_train) or "all"; pool: candidate rows (collector pool); chat: the rephraser
+    (collector rephrase); ifd_scorer: (cfg, checkpoint) of the IFD scorer model; round0_dir: a shared
+    round-0 folder (Figure 8)."""
     check_inputs(strategy, collector, pool, chat, ifd_scorer)
     if seed_examples is None:
         seed_examples = data_mod.train_examples(base_cfg)
     algo = Algorithm1(base_cfg, Path(out), strategy, n_new_list(n_new, rounds, len(seed_examples)), seed_examples,
                       collector=collector, pool=pool, pool_name=pool_name, chat=chat, rephrase_cache=rephrase_cache,
                       ifd_scorer=ifd_scorer, round0_dir=round0_dir, t=t, mem_threshold=mem_threshold,
-                      fraction=fraction, seed=base_cfg["seed"] if seed is None else seed, train_fn=train_fn,
-                      eval_fn=eval_fn)
+                      fraction=fraction, select_from=select_from, seed=base_cfg["seed"] if seed is None else seed,
+                      train_fn=train_fn, eval_fn=eval_fn)
     return algo.run()
 
 
@@ -329,14 +349,19 @@ class LoopOptions:
     n_new: list                     # --n-new: counts or multiples of the seed set ("2x")
     rounds: int = 5
     t: float = DEFAULT_T
-    mem_threshold: float = DEFAULT_MEM_THRESHOLD
+    mem_threshold: float | None = None  # --mem-threshold; None: --threshold-from or the task's
+    threshold_from: str | None = None   # --threshold-from: summary.json of premem.py analyze
     fraction: float | None = None
+    select_from: str = "original"
     ifd_scorer: str | None = None   # an existing scorer run; None: train one in OUT/ifd-scorer
     ifd_scorer_examples: int | None = None
     collect: collectors.CollectOptions = field(default_factory=collectors.CollectOptions)
 
-    def selection_kwargs(self) -> dict:
-        return {"t": self.t, "mem_threshold": self.mem_threshold, "fraction": self.fraction}
+    def selection_kwargs(self, task: str) -> dict:
+        """t, the memorization threshold (resolved for the task), fraction and select_from."""
+        thr, source = resolve_mem_threshold(task, self.mem_threshold, self.threshold_from)
+        log.info("memorization threshold %s (%s)", thr, source)
+        return {"t": self.t, "mem_threshold": thr, "fraction": self.fraction, "select_from": self.select_from}
 
 
 def run_algo1(cfg: dict, out, strategy: str, opts: LoopOptions, train_fn=default_train_fn,
@@ -344,6 +369,7 @@ def run_algo1(cfg: dict, out, strategy: str, opts: LoopOptions, train_fn=default
     """`curate.py algo1`: Algorithm 1 from a recipe, with the IFD scorer trained first when needed."""
     seed_examples = data_mod.train_examples(cfg)
     n_list = n_new_list(opts.n_new, opts.rounds, len(seed_examples))  # a bad --n-new fails before training
+    sel_kw = opts.selection_kwargs(cfg["task"])  # so does a bad --threshold-from
     pool, pool_name = opts.collect.load_pool(cfg, [e["id"] for e in seed_examples])
     chat = opts.collect.chat()
     scorer = load_ifd_scorer(opts.ifd_scorer) if opts.ifd_scorer else None
@@ -352,7 +378,7 @@ def run_algo1(cfg: dict, out, strategy: str, opts: LoopOptions, train_fn=default
     return run_algorithm1(cfg, out, strategy=strategy, rounds=opts.rounds, n_new=n_list,
                           collector=opts.collect.collector, pool=pool, pool_name=pool_name,
                           seed_examples=seed_examples, chat=chat, ifd_scorer=scorer, train_fn=train_fn,
-                          eval_fn=eval_fn, **opts.selection_kwargs())
+                          eval_fn=eval_fn, **sel_kw)
 
 
 def collect_for_selection(selection, n: int, out, opts: collectors.CollectOptions, *, exclude=None,

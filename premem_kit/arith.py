@@ -2,8 +2,25 @@
 
     safe_eval            the exact value (a Fraction) of plain arithmetic, parsed with `ast`
     normalize_expression whitespace, thousands separators and leading zeros removed
-    check_annotation     whether the shown result of one annotation is right
-    values_agree         the tolerance used for that
+    check_annotation     whether the shown result of one annotation is right, by one of three rules
+    values_agree         the tolerance of the "rounding" rule
+
+The rules (ARITH_CHECKS; `curate.py rft --arith-check`), for an annotation "a=b[=c...]" whose left
+side a has the value v:
+
+reference  (default) Yuan et al.'s check (check_equation in their collect_rejection_sampling.py):
+           only a and b are compared (text before the first "=" and between the first and second;
+           later sides are ignored); b must be a number Python's float() reads ("24", "0.2", "-3",
+           "1e3"; "1,000" is not one) and |v - b| < 1e-3 (absolute, in floating point). a is
+           evaluated as written, with only its surrounding whitespace removed: "1,000*2" and "05+1"
+           fail, as Python's eval fails on them there. The reference evaluates a with Python's eval;
+           here safe_eval computes it, so the operators it refuses (% // ^, names, calls) fail here.
+rounding   (the kit's earlier rule) every later side must agree with v: |v - r| <= 1e-4 *
+           max(|v|, |r|) (relative 1e-4), or r is a plain decimal with d digits after the point and
+           |v - r| <= 0.5 * 10^-d (v rounds to r at the shown precision: <<100/3=33.33>> and
+           <<100/3=33>> pass). Thousands separators and leading zeros are accepted on every side.
+exact      every later side must equal v exactly (as fractions): <<100/3=33.33>> fails,
+           <<12/60=0.2>> passes. Separators and leading zeros as "rounding".
 
 Values are exact fractions (no float round-off) except for non-integer powers.
 """
@@ -20,7 +37,10 @@ MAX_EXPRESSION_CHARS = 200        # longer annotation sides are refused (GSM8K's
 MAX_EXPONENT = 100                # |exponent| of ** above this is refused
 MAX_MAGNITUDE = Fraction(10) ** 30  # any intermediate value larger in magnitude is refused
 MAX_BITS = 4096                   # numerator + denominator size of any intermediate fraction
-REL_TOL = Fraction(1, 10**4)
+REL_TOL = Fraction(1, 10**4)     # the "rounding" rule's relative tolerance
+REFERENCE_ABS_TOL = 1e-3          # the "reference" rule's absolute tolerance (Yuan et al.)
+ARITH_CHECKS = ("reference", "rounding", "exact")
+DEFAULT_ARITH_CHECK = "reference"
 
 
 class ExpressionError(KitError, ValueError):
@@ -115,16 +135,18 @@ def _ev(node, src: str = "") -> Fraction:
     raise ExpressionError(f"{what} is not allowed (only numbers, + - * / ** ( ) and unary minus)")
 
 
-def safe_eval(expr: str) -> Fraction:
+def safe_eval(expr: str, normalize: bool = True) -> Fraction:
     """The exact value of an arithmetic expression, parsed with `ast` and never `eval`-ed.
 
     Allowed: int/float literals, binary + - * / **, unary - (and +), parentheses. Refused with
     ExpressionError: names, attributes, calls, subscripts, comparisons, any other operator or literal,
     |exponent| > 100, intermediate values beyond 1e30, expressions over 200 characters, literals that are
-    not plain decimals (0x10, 1_000, 1j), and whatever does not parse. "1,000" thousands separators
-    and leading zeros are accepted (normalize_expression).
+    not plain decimals (0x10, 1_000, 1j), and whatever does not parse. With normalize, "1,000"
+    thousands separators and leading zeros are accepted (normalize_expression); without, only the
+    surrounding whitespace is removed and the text is parsed as Python would ("1,000" is then a tuple
+    and "05" a syntax error: both refused).
     """
-    s = normalize_expression(expr)
+    s = normalize_expression(expr) if normalize else expr.strip()
     if not s:
         raise ExpressionError("empty expression")
     if len(s) > MAX_EXPRESSION_CHARS:
@@ -162,11 +184,34 @@ def values_agree(value: Fraction, shown: Fraction, decimals: int | None) -> bool
     return decimals is not None and diff <= Fraction(1, 2 * 10**decimals)
 
 
-def check_annotation(text: str) -> tuple[bool, str]:
-    """(ok, reason) for the inside of one `<<...>>` annotation, e.g. "48/2=24".
+def check_reference(text: str) -> tuple[bool, str]:
+    """Yuan et al.'s check of one annotation (the "reference" rule, see the module docstring): the
+    value of the text before the first "=" against the float between the first and second "=",
+    absolute tolerance 1e-3 (strict <), later sides ignored."""
+    parts = text.split("=")
+    if len(parts) < 2:
+        return False, f"no '=' in <<{text}>>"
+    try:
+        value = float(safe_eval(parts[0], normalize=False))
+    except ExpressionError as e:
+        return False, f"<<{text}>>: {e}"
+    try:
+        shown = float(parts[1])  # float() only parses a number: nothing is evaluated
+    except ValueError:
+        return False, f"<<{text}>>: {parts[1].strip()!r} is not a number"
+    if abs(value - shown) < REFERENCE_ABS_TOL:
+        return True, ""
+    return False, f"<<{text}>>: left side is {value:g}, not {parts[1].strip()}"
 
-    With several "=" (a=b=c) every later side must agree with the first side's value.
-    """
+
+def check_annotation(text: str, rule: str = DEFAULT_ARITH_CHECK) -> tuple[bool, str]:
+    """(ok, reason) for the inside of one `<<...>>` annotation, e.g. "48/2=24", by `rule`: "reference"
+    (Yuan et al.'s: first two sides, absolute 1e-3), "rounding" (every later side agrees with the first
+    side's value by values_agree) or "exact" (every later side equals it). See the module docstring."""
+    if rule == "reference":
+        return check_reference(text)
+    if rule not in ARITH_CHECKS:
+        raise ValueError(f"arithmetic check {rule!r}: expected one of {', '.join(ARITH_CHECKS)}")
     parts = text.split("=")
     if len(parts) < 2:
         return False, f"no '=' in <<{text}>>"
@@ -174,7 +219,8 @@ def check_annotation(text: str) -> tuple[bool, str]:
         value = safe_eval(parts[0])
         for p in parts[1:]:
             shown = safe_eval(p)
-            if not values_agree(value, shown, shown_decimals(p)):
+            ok = value == shown if rule == "exact" else values_agree(value, shown, shown_decimals(p))
+            if not ok:
                 return False, f"<<{text}>>: left side is {float(value):g}, not {p.strip()}"
     except ExpressionError as e:
         return False, f"<<{text}>>: {e}"

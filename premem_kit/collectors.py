@@ -132,7 +132,9 @@ def holdout_pool(split: list[dict], seed_ids: list[str], task: str, size: int | 
     seeds = [e for e in split if e["id"] in seed_set]
     rest = [e for e in split if e["id"] not in seed_set]
     if not seeds or not rest:
-        raise CurationError(f"holdout pool: {len(seeds)} seed and {len(rest)} held-out examples; need both")
+        raise CurationError(f"holdout pool: {len(seeds)} seed and {len(rest)} held-out examples; need both (the "
+                            "pool is the train split minus D_train: with a full-split recipe give a pool file, "
+                            "or train on part of the split, e.g. subset=quarter)")
     keep = set(data_mod.sample_ids([e["id"] for e in rest], size, seed))
     rest = [e for e in rest if e["id"] in keep]
     S, vocab, idf = tfidf([e["question"] for e in seeds])

@@ -10,12 +10,26 @@ from .errors import KitError
 STRATEGIES = ("premem", "iid", "ifd", "heuristic")
 COLLECTORS = ("pool", "rephrase")
 DEFAULT_T = 0.75              # premem: P'(x) = train examples with PreMemAcc below t
-DEFAULT_MEM_THRESHOLD = -2.3  # premem: memorization threshold on log(log(perplexity))
+# premem: the memorization threshold on log(log(perplexity)) per task, the paper's values (GSM8K -2.3;
+# MATH -1.7, the authors' value); --mem-threshold / --threshold-from replace it
+MEM_THRESHOLDS = {"gsm8k": -2.3, "math": -1.7}
 TOP_FRACTION = {"gsm8k": 0.5, "math": 0.75}  # ifd / heuristic: the top fraction kept
+# which train examples P'(x) is chosen from: "original" = D_train, the run's original train examples
+# (Algorithm 1, line 6: PreMemAcc on D_train); "all" = D_train plus the curated rows trained on so far
+SELECT_FROM = ("original", "all")
+MEM_THRESHOLD_HELP = ("premem: memorization threshold on log(log(perplexity)) (default: the task's, "
+                      + ", ".join(f"{k.upper()} {v}" for k, v in MEM_THRESHOLDS.items()) + ")")
 
 
 class CurationError(KitError, ValueError):
     """Bad curation input; the message names the file, line or option."""
+
+
+def task_mem_threshold(task: str) -> float:
+    """The paper's memorization threshold (loglog) for a task: GSM8K -2.3, MATH -1.7."""
+    if task not in MEM_THRESHOLDS:
+        raise CurationError(f"no default memorization threshold for task {task!r}; give --mem-threshold")
+    return MEM_THRESHOLDS[task]
 
 
 def source_of(ex: dict) -> str:

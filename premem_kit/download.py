@@ -124,10 +124,11 @@ def _transfer(url: str, part: Path, size: int, bar, timeout: float) -> None:
 
 
 def fetch(out, *, tasks=("gsm8k", "math"), samples: int | None = 5, base_url: str | None = None,
-          manifest_path=MANIFEST, progress: bool = True, timeout: float = 60) -> dict:
+          manifest_path=None, progress: bool = True, timeout: float = 60) -> dict:
     """Download the selected files into `out`; returns counts and bytes."""
     from tqdm.auto import tqdm
 
+    manifest_path = manifest_path or MANIFEST
     manifest = load_manifest(manifest_path)
     files = select(manifest, tasks, samples)
     if not files:

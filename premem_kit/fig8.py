@@ -19,7 +19,7 @@ from . import data as data_mod
 from . import figures
 from .algorithm1 import (LoopOptions, default_eval_fn, default_train_fn, ensure_ifd_scorer, n_new_list,
                          run_algorithm1)
-from .curation import DEFAULT_MEM_THRESHOLD, DEFAULT_T, STRATEGIES
+from .curation import DEFAULT_T, STRATEGIES
 from .files import atomic_write_json
 from .selection import load_ifd_scorer
 
@@ -91,11 +91,12 @@ def curve_ratio(curves: dict) -> dict | None:
 
 
 def run_fig8(base_cfg: dict, out, *, strategies=STRATEGIES, rounds: int, n_new, pool=None, pool_name="",
-             collector="pool", chat=None, t=DEFAULT_T, mem_threshold=DEFAULT_MEM_THRESHOLD, fraction=None,
+             collector="pool", chat=None, t=DEFAULT_T, mem_threshold=None, fraction=None, select_from="original",
              ifd_scorer=None, ifd_scorer_examples=None, train_fn=default_train_fn, eval_fn=default_eval_fn,
              draw=True) -> dict:
     """Algorithm 1 per strategy (shared round 0), the ratio, OUT/fig8.json and the figure. Returns
-    fig8.json's content."""
+    fig8.json's content. mem_threshold None: the task's (GSM8K -2.3, MATH -1.7); select_from "original":
+    P'(x) among D_train (the seed examples), "all": also among the curated rows."""
     out = Path(out)
     seed_examples = data_mod.train_examples(base_cfg)
     n_list = n_new_list(n_new, rounds, len(seed_examples))  # a bad --n-new fails before any training
@@ -106,7 +107,7 @@ def run_fig8(base_cfg: dict, out, *, strategies=STRATEGIES, rounds: int, n_new, 
     for s in strategies:
         summ = run_algorithm1(base_cfg, out / s, strategy=s, rounds=rounds, n_new=n_list, collector=collector,
                               pool=pool, pool_name=pool_name, seed_examples=seed_examples, t=t,
-                              mem_threshold=mem_threshold, fraction=fraction, chat=chat,
+                              mem_threshold=mem_threshold, fraction=fraction, select_from=select_from, chat=chat,
                               rephrase_cache=out / "rephrase_cache.jsonl", ifd_scorer=ifd_scorer,
                               round0_dir=out / "round-0", train_fn=train_fn, eval_fn=eval_fn)
         curves[s] = [{"n_train": r["n_train"], "test_accuracy": r["test_accuracy"], "round": r["round"]}
@@ -123,12 +124,13 @@ def run_fig8(base_cfg: dict, out, *, strategies=STRATEGIES, rounds: int, n_new, 
 
 def run_fig8_command(cfg: dict, out, strategies, opts: LoopOptions, draw: bool = True) -> dict:
     """`curate.py fig8`: the pool, rephraser and IFD scorer from the options, then run_fig8."""
+    sel_kw = opts.selection_kwargs(cfg["task"])  # a bad --threshold-from fails first
     seed_examples = data_mod.train_examples(cfg)
     pool, pool_name = opts.collect.load_pool(cfg, [e["id"] for e in seed_examples])
     return run_fig8(cfg, out, strategies=strategies, rounds=opts.rounds, n_new=opts.n_new, pool=pool,
                     pool_name=pool_name, collector=opts.collect.collector, chat=opts.collect.chat(),
                     ifd_scorer=load_ifd_scorer(opts.ifd_scorer) if opts.ifd_scorer else None,
-                    ifd_scorer_examples=opts.ifd_scorer_examples, draw=draw, **opts.selection_kwargs())
+                    ifd_scorer_examples=opts.ifd_scorer_examples, draw=draw, **sel_kw)
 
 
 # ----------------------------------------------------------------------------- the figure

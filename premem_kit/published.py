@@ -5,8 +5,16 @@ The published ckpts/ folder holds one folder per run, named <task>_<tag>_<E>epoc
 on) and checkpoint-<step>/ folders of .npy files:
 
     {train,test}_answer_types<N>_seed<S>[_temp<T>].npy   [example, sample]: 0 correct, 1 incorrect,
-                                                         2 unparseable (the file with most samples wins)
+                                                         2 unparseable (which file: see below)
     train_perplexities.npy, train_num_tokens.npy         per train row
+
+A checkpoint may hold several answer files per split (5, 10 or 50 samples). By default the 5-sample file
+is read (N = 5, the one with _temp first), as the authors' analysis does (gsm8k_analyze2.ipynb reads the
+first that exists of types5_seed2_temp0.8, types50_seed2_temp0.8, types5_seed2, types50_seed2,
+types10_seed2_temp0.8: in every published checkpoint that is the 5-sample file when there is one); when
+a checkpoint has no 5-sample file the one with the most samples is read and a warning names the run
+and split. samples=N (--samples N) prefers N samples instead; samples=None (--most-samples, the kit's
+earlier choice) always takes the file with the most samples.
 
 Each becomes a run folder of the kit's layout (runs.py): config.yaml, subset_ids.json and a train and a
 test record file per checkpoint (records.record_table: outcomes and accuracy, no sample texts). Train
@@ -32,6 +40,7 @@ from .files import atomic_write_text
 _RUN_RE = re.compile(r"^(?P<task>[a-z0-9]+)_(?P<tag>.+?)_(?P<epochs>\d+)epochs_(?P<rest>.*?)_?lr(?P<lr>[0-9.eE+-]+)_bs(?P<bs>\d+)$")
 _TYPES_RE = re.compile(r"^(?P<split>train|test)_answer_types(?P<n>\d+)_seed(?P<seed>\d+)(?:_temp(?P<temp>[0-9.]+))?\.npy$")
 SUBSETS = ("full", "half", "quarter")
+PREFERRED_SAMPLES = 5  # the answer files the authors' analysis reads
 
 
 class PublishedError(KitError, ValueError):
@@ -54,9 +63,12 @@ def parse_published_name(name: str) -> dict:
     )
 
 
-def answer_file(ckpt: Path, split: str) -> tuple[Path, dict]:
-    """The answer-type file of a split in a published checkpoint folder: the one with the most samples,
-    then the one with an explicit _temp; returns (path, the parts of its name)."""
+def answer_file(ckpt: Path, split: str, samples: int | None = PREFERRED_SAMPLES) -> tuple[Path, dict]:
+    """The answer-type file of a split in a published checkpoint folder; returns (path, the parts of its
+    name, with "fallback": True when no file has `samples` samples).
+
+    samples=N: the file with N samples, the one with an explicit _temp first; when there is none, the
+    file with the most samples (then _temp first). samples=None: always the most samples."""
     cands = []
     for p in ckpt.iterdir():
         m = _TYPES_RE.match(p.name)
@@ -64,10 +76,9 @@ def answer_file(ckpt: Path, split: str) -> tuple[Path, dict]:
             cands.append((int(m.group("n")), m.group("temp") is not None, p, m.groupdict()))
     if not cands:
         raise PublishedError(f"{ckpt}: no {split}_answer_types<N>_seed<S>[_temp<T>].npy file")
-    cands.sort(key=lambda c: (c[0], c[1]))
-    if len(cands) > 1:
-        warn(f"{ckpt}: several {split} answer files; using {cands[-1][2].name}")
-    return cands[-1][2], cands[-1][3]
+    wanted = [c for c in cands if c[0] == samples]
+    best = max(wanted or cands, key=lambda c: (c[0], c[1]))
+    return best[2], {**best[3], "fallback": samples is not None and not wanted}
 
 
 def read_npy(p: Path, kind: str | None = None) -> np.ndarray:
@@ -118,18 +129,36 @@ class PublishedRun:
     n_train: int  # rows of the published train arrays (the whole train split)
     sub: np.ndarray  # subsample_idxs.npy: the rows the run trained on, in its order
     rows: np.ndarray  # sorted unique rows of sub: the train records' rows
+    files: dict  # (checkpoint folder, split) -> the answer-type file read (answer_file)
 
     @property
     def task(self) -> str:
         return self.meta["task"]
 
 
-def read_published_run(src: Path) -> PublishedRun:
-    """Checkpoints, name fields and train subsample of a published run folder."""
+def choose_answer_files(src: Path, ckpts: list[Path], samples: int | None) -> dict:
+    """(checkpoint, split) -> answer-type file (answer_file); one warning per split that falls back to the
+    most samples because a checkpoint has no file with `samples` samples."""
+    files = {}
+    for split in ("train", "test"):
+        fallback = []
+        for ck in ckpts:
+            f, parts = answer_file(ck, split, samples)
+            files[(ck, split)] = f
+            if parts["fallback"]:
+                fallback.append(f.name)
+        if fallback:
+            warn(f"{src.name}: no {split} answer file with {samples} samples in {len(fallback)} of {len(ckpts)} "
+                 f"checkpoint(s); using the one with the most samples ({', '.join(sorted(set(fallback)))})")
+    return files
+
+
+def read_published_run(src: Path, samples: int | None = PREFERRED_SAMPLES) -> PublishedRun:
+    """Checkpoints, name fields, train subsample and answer files (see answer_file) of a published run."""
     ckpts = runs.checkpoint_folders(src)
     meta = parse_published_name(src.name)
-    ftrain, _ = answer_file(ckpts[0], "train")
-    n_train = read_npy(ftrain, "types").shape[0]
+    files = choose_answer_files(src, ckpts, samples)
+    n_train = read_npy(files[(ckpts[0], "train")], "types").shape[0]
     sub_path = src / "subsample_idxs.npy"
     if sub_path.exists():
         sub = read_npy(sub_path)
@@ -138,7 +167,7 @@ def read_published_run(src: Path) -> PublishedRun:
     else:
         warn(f"{sub_path}: missing; assuming the run trained on all {n_train} train examples")
         sub = np.arange(n_train)
-    return PublishedRun(src, ckpts, meta, n_train, sub, np.unique(sub))
+    return PublishedRun(src, ckpts, meta, n_train, sub, np.unique(sub), files)
 
 
 def run_config(pr: PublishedRun, model: str | None) -> dict:
@@ -164,7 +193,7 @@ def run_config(pr: PublishedRun, model: str | None) -> dict:
 
 def checkpoint_table(pr: PublishedRun, ck: Path, split: str, step: int, epoch: float):
     """The record table of one published checkpoint and split."""
-    f, _ = answer_file(ck, split)
+    f = pr.files[(ck, split)]
     types = read_npy(f, "types")
     if split == "test":
         ids = np.char.add(f"{pr.task}/test/", np.arange(types.shape[0]).astype(str)).tolist()
@@ -182,15 +211,19 @@ def checkpoint_table(pr: PublishedRun, ck: Path, split: str, step: int, epoch: f
     return records.record_table(ids, step, epoch, "train", types[r], ppl[r], tok[r])
 
 
-def import_published(src, out, *, model: str | None = None, force: bool = False, progress: bool = True) -> list[Path]:
+def import_published(src, out, *, model: str | None = None, force: bool = False, progress: bool = True,
+                     samples: int | None = PREFERRED_SAMPLES) -> list[Path]:
     """Convert the authors' published ckpts/ folder into run folders under `out` (see module doc).
 
     One run folder per published run: config.yaml, subset_ids.json and
-    records/step-XXXXXX.{train,test}.original.parquet per checkpoint. Existing files are kept unless
+    records/step-XXXXXX.{train,test}.original.parquet per checkpoint, from the answer files with
+    `samples` samples (None: the most samples; see answer_file). Existing files are kept unless
     force. Returns the run folders.
     """
+    if samples is not None and samples < 1:
+        raise PublishedError(f"--samples must be at least 1, got {samples}")
     src, out = Path(src), Path(out)
-    published = [read_published_run(p) for p in published_runs(src)]
+    published = [read_published_run(p, samples) for p in published_runs(src)]
     counts = {"written": 0, "skipped": 0}
 
     def write(path: Path, make) -> None:

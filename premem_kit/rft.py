@@ -7,25 +7,34 @@ Mathematical Reasoning with Large Language Models": the pieces `curate.py rft` i
     fill_cache                     sample what a cache lacks, one question batch at a time
     build_rft_rows                 grade, filter, pool several models' samples, dedupe, add the original
     pass_at_k                      the unbiased pass@k estimator (Chen et al. 2021)
-    fit_log_linear                 accuracy = a * log2(n) + b, the SFT scaling fit
 
 Filtering, per sampled path (after cutting the text after the final "#### N" line):
     1. the final answer is correct (grading.grade);
-    2. GSM8K: every `<<expression=result>>` annotation is arithmetically right (arith.check_annotation)
-       and every "<<" is closed; a path without annotations passes this step.
+    2. GSM8K: every `<<expression=result>>` annotation is arithmetically right by the --arith-check rule
+       (arith.check_annotation; a path without annotations passes this step):
+         reference  (default) Yuan et al.'s check: |value(a) - float(b)| < 1e-3 (absolute) for each
+                    annotation a=b[=...], later sides ignored; annotations are what their pattern
+                    <<([^>]*)>> finds, so an unclosed "<<" is not looked at;
+         rounding   (the kit's earlier rule) every side agrees with the first within relative 1e-4 or
+                    rounds to it at its shown precision (<<100/3=33.33>> passes), and every "<<" must
+                    be closed;
+         exact      every side equals the first exactly; every "<<" must be closed.
+       arith.py's docstring gives the rules in full.
 Dedupe (GSM8K): the key of a path is its list of annotations with all whitespace removed, in order, so
-the same equations in different words collapse and the same equations in another order do not. Keys are
-taken in order of first appearance (models in --from order, samples in index order); for each key the
-path kept is the one with the largest summed character-level Levenshtein distance to the paths already
-kept (the original solution first), ties to the earliest. A sample whose key equals the original's is a
-duplicate of the original and is not added. MATH solutions have no annotations: their key is the whole
-text with whitespace removed (exact-duplicate removal) and step 2 is skipped.
-
-Arithmetic tolerance (arith.values_agree): the value of the expression v and the shown result r (r may
-be written "1,000" or ".5") agree when |v - r| <= 1e-4 * max(|v|, |r|) (relative 1e-4), or when r is a
-plain decimal with d digits after the point and |v - r| <= 0.5 * 10^-d (v rounds to r at the shown
-precision; GSM8K writes <<12/60=0.2>>, <<100/3=33.33>> and sometimes <<100/3=33>>). Values are exact
-fractions (no float round-off) except for non-integer powers.
+the same equations in different words collapse and the same equations in another order do not. Samples
+are visited in order (models in --from order, samples in index order). Two rules (--dedupe):
+    reference  (default) Yuan et al.'s collect_rejection_sampling.py: a sample with a new key is kept;
+               a sample with a key already kept replaces the path kept for that key when its summed
+               character-level Levenshtein distance to the other kept samples is strictly larger than
+               the kept path's. The original solution is always written first but is neither a seen key
+               nor part of the distances, so a sample with the gold equations is kept as an extra
+               reasoning path (a verbatim copy of the original too).
+    strict     (the kit's earlier rule) the original solution's key counts as seen: a sample with the
+               gold equations is dropped. Keys are taken in order of first appearance; for each key the
+               sample kept is the one with the largest summed distance to the paths kept before it (the
+               original first), ties to the earliest.
+MATH solutions have no annotations: their key is the whole text with whitespace removed (exact-duplicate
+removal) and step 2 is skipped; the dedupe rules apply as for GSM8K.
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import grading
-from .arith import check_annotation
+from .arith import DEFAULT_ARITH_CHECK, check_annotation
 from .data import make_prompt
 from .errors import KitError
 from .files import JsonlError, append_jsonl_durable, read_jsonl_repaired, write_jsonl
@@ -43,6 +52,9 @@ from .files import JsonlError, append_jsonl_durable, read_jsonl_repaired, write_
 # ----------------------------------------------------------------------------- paths and keys
 
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
+REFERENCE_ANNOTATION = re.compile(r"<<([^>]*)>>")  # Yuan et al.'s pattern
+DEDUPE_RULES = ("reference", "strict")
+DEFAULT_DEDUPE = "reference"
 
 
 def equations(text: str) -> list[str]:
@@ -50,15 +62,19 @@ def equations(text: str) -> list[str]:
     return _ANNOTATION.findall(text)
 
 
-def check_path(text: str, task: str = "gsm8k") -> tuple[bool, str]:
-    """(ok, reason): GSM8K: every annotation is closed and arithmetically right. MATH: always ok."""
+def check_path(text: str, task: str = "gsm8k", arith: str = DEFAULT_ARITH_CHECK) -> tuple[bool, str]:
+    """(ok, reason): GSM8K: every annotation is arithmetically right by rule `arith` (see the module
+    docstring; rounding and exact also need every annotation closed). MATH: always ok."""
     if task != "gsm8k":
         return True, ""
-    eqs = equations(text)
-    if text.count("<<") != len(eqs) or text.count(">>") != len(eqs):
-        return False, "unclosed or nested <<...>> annotation"
+    if arith == "reference":
+        eqs = REFERENCE_ANNOTATION.findall(text)
+    else:
+        eqs = equations(text)
+        if text.count("<<") != len(eqs) or text.count(">>") != len(eqs):
+            return False, "unclosed or nested <<...>> annotation"
     for eq in eqs:
-        ok, why = check_annotation(eq)
+        ok, why = check_annotation(eq, arith)
         if not ok:
             return False, why
     return True, ""
@@ -125,8 +141,41 @@ class Candidate:
     prov: dict = field(default_factory=dict)
 
 
-def dedupe_paths(candidates: list[Candidate], initial: list[Candidate] = ()) -> list[Candidate]:
-    """`initial` (the original solution) followed by one candidate per new key.
+def dedupe_paths(candidates: list[Candidate], initial: list[Candidate] = (),
+                 rule: str = DEFAULT_DEDUPE) -> list[Candidate]:
+    """`initial` (the original solution) followed by one candidate per key, by `rule` ("reference":
+    dedupe_reference, "strict": dedupe_strict; see the module docstring)."""
+    if rule == "reference":
+        return dedupe_reference(candidates, initial)
+    if rule == "strict":
+        return dedupe_strict(candidates, initial)
+    raise ValueError(f"dedupe rule {rule!r}: expected one of {', '.join(DEDUPE_RULES)}")
+
+
+def dedupe_reference(candidates: list[Candidate], initial: list[Candidate] = ()) -> list[Candidate]:
+    """Yuan et al.'s dedupe: `initial` followed by one candidate per key among the candidates.
+
+    Candidates are visited in order; a new key is kept; a candidate whose key is kept already replaces
+    the kept one when its summed Levenshtein distance to the other kept candidates (not `initial`) is
+    strictly larger than the kept one's. `initial` takes no part: its keys are not seen keys.
+    """
+    kept: list[Candidate] = []
+    where: dict[tuple, int] = {}
+    for c in candidates:
+        j = where.get(c.key)
+        if j is None:
+            where[c.key] = len(kept)
+            kept.append(c)
+            continue
+        now = kept[j]
+        others = [r.text for r in kept if r.text != now.text]
+        if sum(levenshtein(c.text, r) for r in others) > sum(levenshtein(now.text, r) for r in others):
+            kept[j] = c
+    return list(initial) + kept
+
+
+def dedupe_strict(candidates: list[Candidate], initial: list[Candidate] = ()) -> list[Candidate]:
+    """The kit's earlier dedupe: `initial` (the original solution) followed by one candidate per new key.
 
     Keys are visited in order of first appearance among the candidates; a key already held by a kept
     path (e.g. the original's) is skipped. Among the candidates sharing a key, the one with the largest
@@ -296,13 +345,13 @@ class Source:
     prov: dict = field(default_factory=dict)  # model, run, step
 
 
-def _graded(task, ex, texts):
-    """Per sample: (clean text, correct, valid equations, key)."""
+def _graded(task, ex, texts, arith: str):
+    """Per sample: (clean text, correct, valid equations by rule `arith`, key)."""
     out = []
     for t in texts:
         sol = clean_solution(t, task)
         correct = bool(sol) and grading.grade(task, sol, ex["reference"])[1] == "correct"
-        valid = correct and check_path(sol, task)[0]
+        valid = correct and check_path(sol, task, arith)[0]
         out.append((sol, correct, valid, path_key(sol, task) if valid else None))
     return out
 
@@ -310,7 +359,8 @@ def _graded(task, ex, texts):
 class _Tally:
     """The statistics build_rft_rows reports, gathered question by question."""
 
-    def __init__(self, sources: list[Source], k: int):
+    def __init__(self, sources: list[Source], k: int, dedupe: str):
+        self.dedupe = dedupe
         self.filter = {"samples": 0, "correct": 0, "correct_valid_equations": 0, "wrong_equations": 0}
         self.per_source = {s.name: {"n": [], "c": []} for s in sources}
         self.distinct_vs_k = {kk: [] for kk in k_grid(k)}
@@ -326,16 +376,20 @@ class _Tally:
             self.filter["wrong_equations"] += correct and not valid
 
     def add_distinct(self, initial: list[Candidate], graded_by_source: list[list]) -> None:
-        """Distinct paths if only the first kk samples of each source had been drawn."""
+        """Distinct paths if only the first kk samples of each source had been drawn (reference dedupe:
+        the original plus the samples' keys; strict: the original's key is one of the keys)."""
         for kk, counts in self.distinct_vs_k.items():
-            keys = {p.key for p in initial}
+            keys = set()
             for g in graded_by_source:
                 keys |= {x[3] for x in g[:kk] if x[2]}
-            counts.append(len(keys))
+            if self.dedupe == "strict":
+                counts.append(len(keys | {p.key for p in initial}))
+            else:
+                counts.append(len(initial) + len(keys))
 
 
 def _question_paths(ex: dict, sources: list[Source], task: str, k: int, add_original: bool,
-                    tally: _Tally) -> list[Candidate]:
+                    tally: _Tally, arith: str) -> list[Candidate]:
     """The kept paths of one question: the original, then the deduplicated correct samples."""
     orig_text = ex["solution"].strip()
     initial = [Candidate(orig_text, path_key(orig_text, task), {"origin": "original"})] if add_original else []
@@ -345,13 +399,13 @@ def _question_paths(ex: dict, sources: list[Source], task: str, k: int, add_orig
         texts = s.samples.get(ex["id"], [])[:k]
         if len(texts) < k:
             raise CacheError(f"source {s.name}: {ex['id']} has {len(texts)} samples, {k} needed")
-        g = _graded(task, ex, texts)
+        g = _graded(task, ex, texts, arith)
         graded_by_source.append(g)
         tally.add_source(s.name, g)
         cands += [Candidate(sol, key, {"origin": "sample", **s.prov, "sample_index": j, "src": si})
                   for j, (sol, _, valid, key) in enumerate(g) if valid]
     tally.add_distinct(initial, graded_by_source)
-    kept = dedupe_paths(cands, initial)
+    kept = dedupe_paths(cands, initial, tally.dedupe)
     tally.per_question.append(len(kept))
     return kept
 
@@ -379,6 +433,7 @@ def _stats(tally: _Tally, sources: list[Source], n_questions: int, n_rows: int, 
         dist[str(x)] = dist.get(str(x), 0) + 1
     nq = max(n_questions, 1)
     stats = {
+        "dedupe": tally.dedupe,
         "questions": n_questions,
         "rows": n_rows,
         "k": k,
@@ -402,38 +457,21 @@ def _stats(tally: _Tally, sources: list[Source], n_questions: int, n_rows: int, 
     return stats
 
 
-def build_rft_rows(examples: list[dict], sources: list[Source], task: str, k: int,
-                   add_original: bool = True) -> tuple[list[dict], dict]:
+def build_rft_rows(examples: list[dict], sources: list[Source], task: str, k: int, add_original: bool = True,
+                   dedupe: str = DEFAULT_DEDUPE, arith_check: str = DEFAULT_ARITH_CHECK) -> tuple[list[dict], dict]:
     """The RFT data set (GSM8K schema rows) and its statistics.
 
     For each example, the first k samples of every source are pooled (union over models, in source
-    order), filtered (correct answer, right arithmetic) and deduplicated (dedupe_paths) after the
-    original solution. Rows: question, answer, id, source_id, origin ("original" | "sample"), model,
-    run, step, sample_index.
+    order), filtered (correct answer, right arithmetic by rule `arith_check`) and deduplicated
+    (dedupe_paths by rule `dedupe`) after the original solution. Rows: question, answer, id, source_id,
+    origin ("original" | "sample"), model, run, step, sample_index.
     """
-    tally = _Tally(sources, k)
-    rows = [_row(ex, p) for ex in examples for p in _question_paths(ex, sources, task, k, add_original, tally)]
+    tally = _Tally(sources, k, dedupe)
+    rows = [_row(ex, p) for ex in examples
+            for p in _question_paths(ex, sources, task, k, add_original, tally, arith_check)]
     ids = [r["id"] for r in rows]
     if len(set(ids)) != len(ids):
         raise ValueError("RFT rows have duplicate ids (two sources with the same name?)")
-    return rows, _stats(tally, sources, len(examples), len(rows), k, add_original)
-
-
-# ----------------------------------------------------------------------------- scaling fit
-
-
-def fit_log_linear(ns, accs) -> dict:
-    """Least squares accuracy = a * log2(n) + b; a is the change per doubling of the data."""
-    import numpy as np
-
-    x = np.log2(np.asarray(ns, dtype=float))
-    y = np.asarray(accs, dtype=float)
-    if len(set(x.tolist())) < 2:
-        raise ValueError("the fit needs at least two different data sizes")
-    A = np.stack([x, np.ones_like(x)], axis=1)
-    (a, b), *_ = np.linalg.lstsq(A, y, rcond=None)
-    pred = a * x + b
-    ss_res = float(((y - pred) ** 2).sum())
-    ss_tot = float(((y - y.mean()) ** 2).sum())
-    return {"a": float(a), "b": float(b), "slope_per_doubling": float(a),
-            "r2": 1 - ss_res / ss_tot if ss_tot > 0 else None, "points": len(x)}
+    stats = _stats(tally, sources, len(examples), len(rows), k, add_original)
+    stats["arith_check"] = arith_check
+    return rows, stats

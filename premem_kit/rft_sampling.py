@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import data as data_mod
 from . import figures, rft, runs
+from .arith import ARITH_CHECKS, DEFAULT_ARITH_CHECK
 from .errors import KitError
 from .files import atomic_write_json, write_jsonl
 
@@ -47,6 +48,8 @@ class RftOptions:
     cache_dir: str | None = None    # None: RUN/rft_samples
     original: bool = True
     figures: bool = True
+    dedupe: str = rft.DEFAULT_DEDUPE            # reference (Yuan et al.) | strict (the kit's earlier rule)
+    arith_check: str = DEFAULT_ARITH_CHECK      # reference (Yuan et al.) | rounding (earlier) | exact
 
     def check(self) -> None:
         for name in ("k", "batch_size", "samples_per_call", "max_new_tokens", "train_examples"):
@@ -55,6 +58,10 @@ class RftOptions:
                 raise RftError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
         if not self.temperature > 0 or not 0 < self.top_p <= 1:
             raise RftError(f"--temperature must be > 0 and --top-p in (0, 1], got {self.temperature}, {self.top_p}")
+        if self.dedupe not in rft.DEDUPE_RULES:
+            raise RftError(f"--dedupe {self.dedupe!r}: expected one of {', '.join(rft.DEDUPE_RULES)}")
+        if self.arith_check not in ARITH_CHECKS:
+            raise RftError(f"--arith-check {self.arith_check!r}: expected one of {', '.join(ARITH_CHECKS)}")
 
 
 @dataclass
@@ -224,7 +231,8 @@ def make_rft_data(opts: RftOptions) -> tuple[dict, Path]:
         source, info = sample_checkpoint(ck, examples, opts)
         sources.append(source)
         src_info.append(info)
-    rows, stats = rft.build_rft_rows(examples, sources, task, opts.k, add_original=opts.original)
+    rows, stats = rft.build_rft_rows(examples, sources, task, opts.k, add_original=opts.original,
+                                     dedupe=opts.dedupe, arith_check=opts.arith_check)
     write_jsonl(out, rows)
     data_mod.load_extra_file(out, task)  # the file must be one train.py accepts
     report = {"out": str(out), "task": task, "k": opts.k, "questions_from": opts.questions,

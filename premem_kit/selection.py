@@ -1,8 +1,9 @@
 """Algorithm 1's choice of P'(x), the train examples new data should resemble (`curate.py select`).
 
 premem     train examples whose PreMemAcc at the run's last checkpoint is below t (default 0.75). PreMemAcc
-           is the metric over every checkpoint with train records (memorization threshold --mem-threshold,
-           loglog convention, default -2.3).
+           is the metric over the trained checkpoints with train records; the memorization threshold
+           (loglog convention) is the task's, GSM8K -2.3 and MATH -1.7 (curation.MEM_THRESHOLDS), unless
+           given (--mem-threshold X) or read from a `premem.py analyze` summary.json (--threshold-from).
 iid        every train example (P'(x) = D_train; new data is drawn uniformly).
 ifd        Instruction-Following Difficulty = perplexity(y | x) / perplexity(y) from a scorer model trained
            briefly on data disjoint from the scored set (the paper: the test split, 2 epochs); the top 50%
@@ -11,8 +12,11 @@ ifd        Instruction-Following Difficulty = perplexity(y | x) / perplexity(y) 
 heuristic  GSM8K: number of non-empty lines of the solution; MATH: the level. Top 50% / 75%, ties in the
            run's train order.
 
-A run may train on curated rows (train_file with provenance): their `source_id` maps them back to the
-original train example, so choosing a curated row makes its source eligible.
+P'(x) is chosen among D_train, the run's original train examples, as Algorithm 1 (line 6) evaluates
+PreMemAcc on D_train: curated rows a later round trains on (train_file rows whose `source_id` names
+another example) are left out. With select_from "all" (--select-from all, the kit's earlier rule) they
+take part too: their `source_id` maps them back to the original train example, so choosing a curated row
+makes its source eligible.
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from pathlib import Path
 
 from . import data as data_mod
 from . import runs
-from .curation import DEFAULT_MEM_THRESHOLD, DEFAULT_T, STRATEGIES, TOP_FRACTION, CurationError, source_of
+from .curation import (DEFAULT_T, SELECT_FROM, STRATEGIES, TOP_FRACTION, CurationError, source_of,
+                       task_mem_threshold)
 from .files import atomic_write_json, read_jsonl, write_jsonl
 
 
@@ -41,14 +46,47 @@ def run_train_examples(run, cfg: dict | None = None) -> list[dict]:
     return [by_id[i] for i in ids]
 
 
+def d_train(examples: list[dict], select_from: str = "original", ids=None) -> list[dict]:
+    """The examples P'(x) is chosen from. "original": D_train, the examples whose id is in `ids` (Algorithm
+    1 passes its seed set) or, without ids, those that derive from no other example; "all": every one."""
+    if select_from not in SELECT_FROM:
+        raise CurationError(f"--select-from {select_from!r}: expected one of {', '.join(SELECT_FROM)}")
+    if select_from == "all":
+        return list(examples)
+    keep = set(ids) if ids is not None else None
+    out = [e for e in examples if (e["id"] in keep if keep is not None else source_of(e) == e["id"])]
+    if not out:
+        raise CurationError("none of the run's train examples is an original D_train example (every row derives "
+                            "from another); use --select-from all")
+    return out
+
+
+def resolve_mem_threshold(task: str, mem_threshold: float | None = None,
+                          threshold_from=None) -> tuple[float, str]:
+    """(loglog memorization threshold, where it came from): given, read from the summary.json of a
+    `premem.py analyze` run (threshold_loglog), or else the task's (GSM8K -2.3, MATH -1.7)."""
+    if mem_threshold is not None and threshold_from is not None:
+        raise CurationError("give --mem-threshold or --threshold-from, not both")
+    if mem_threshold is not None:
+        return float(mem_threshold), "given"
+    if threshold_from is not None:
+        from .calibration import threshold_from_summary
+
+        return threshold_from_summary(threshold_from), f"from {threshold_from}"
+    return task_mem_threshold(task), f"{task} default"
+
+
 # ----------------------------------------------------------------------------- strategies
 
 
-def premem_scores(run, mem_threshold: float = DEFAULT_MEM_THRESHOLD) -> dict[str, float]:
-    """PreMemAcc per train id at the run's last checkpoint with train records."""
+def premem_scores(run, mem_threshold: float | None = None) -> dict[str, float]:
+    """PreMemAcc per train id at the run's last checkpoint with train records (threshold None: the
+    run's task's)."""
     from .metric import premem_from_arrays
     from .rundata import load_run
 
+    if mem_threshold is None:
+        mem_threshold = task_mem_threshold(runs.read_config(run)["task"])
     rd = load_run(run)  # trained checkpoints only, as the paper
     pm = premem_from_arrays(rd.acc, rd.ppl, threshold_loglog=mem_threshold)
     return {str(i): float(v) for i, v in zip(rd.ids.tolist(), pm[-1])}
@@ -173,13 +211,18 @@ def load_ifd_scorer(run) -> tuple[dict, Path]:
     return runs.read_config(run), ckpts[-1]
 
 
-def select_run(run, strategy: str, out, *, t: float = DEFAULT_T, mem_threshold: float = DEFAULT_MEM_THRESHOLD,
-               fraction: float | None = None, ifd_scorer=None) -> dict:
-    """`curate.py select`: P'(x) of a trained run, written to `out` (JSON) with the run's path."""
+def select_run(run, strategy: str, out, *, t: float = DEFAULT_T, mem_threshold: float | None = None,
+               threshold_from=None, fraction: float | None = None, ifd_scorer=None,
+               select_from: str = "original") -> dict:
+    """`curate.py select`: P'(x) of a trained run, written to `out` (JSON) with the run's path, the
+    memorization threshold and its source (see resolve_mem_threshold)."""
     run = Path(run)
     cfg = runs.read_config(run)
-    exs = run_train_examples(run, cfg)
-    pm = premem_scores(run, mem_threshold) if strategy == "premem" else None
+    exs = d_train(run_train_examples(run, cfg), select_from)
+    pm = None
+    if strategy == "premem":
+        thr, source = resolve_mem_threshold(cfg["task"], mem_threshold, threshold_from)
+        pm = premem_scores(run, thr)
     ifd = None
     if strategy == "ifd":
         if not ifd_scorer:
@@ -187,6 +230,8 @@ def select_run(run, strategy: str, out, *, t: float = DEFAULT_T, mem_threshold: 
         scfg, ck = load_ifd_scorer(ifd_scorer)
         ifd = ifd_scores(exs, scfg, ck, Path(ifd_scorer) / "ifd_scores.jsonl")
     sel = select_ids(strategy, exs, task=cfg["task"], premem=pm, ifd=ifd, t=t, fraction=fraction)
-    sel["run"] = str(run)
+    sel.update(run=str(run), select_from=select_from)
+    if strategy == "premem":
+        sel.update(mem_threshold=thr, mem_threshold_source=source)
     atomic_write_json(out, sel)
     return sel

@@ -56,6 +56,24 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def published_ckpts(tmp_path_factory) -> Path:
+    """The authors' published ckpts/ folder of 7 GSM8K runs: ../shared's copy, else the committed fixture
+    (tests/fixtures/kang2025_gsm8k_7runs.npz: the same arrays, MIT, see tests/fixtures/KANG2025_LICENSE)
+    unpacked into the authors' layout."""
+    shared = SHARED / "data" / "kang2025" / "ckpts"
+    if shared.is_dir():
+        return shared
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("kang2025") / "ckpts"
+    with np.load(ROOT / "tests" / "fixtures" / "kang2025_gsm8k_7runs.npz") as z:
+        for rel in z.files:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            np.save(root / rel, z[rel])
+    return root
+
+
+@pytest.fixture(scope="session")
 def demo_data() -> Path:
     return DEMO_DATA
 

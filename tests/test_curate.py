@@ -63,10 +63,18 @@ def test_premem_and_iid_selection_on_synthetic_records(tmp_path):
         "gsm8k/train/1", "gsm8k/train/4", "curated/premem/r1/c0"]
     iid = selection.select_ids("iid", exs, "gsm8k")
     assert iid["selected"] == list(SYNTH) and len(iid["sources"]) == 7
-    # the CLI writes the same selection
+    # the CLI chooses among D_train, the run's original examples (Algorithm 1, line 6): the curated row,
+    # whose PreMemAcc 0.0 would put it in P', is left out; --select-from all keeps the earlier rule
     out = tmp_path / "sel.json"
     assert curate.main(["select", str(run), "--strategy", "premem", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert got["selected"] == ["gsm8k/train/1", "gsm8k/train/2", "gsm8k/train/4", "gsm8k/train/5"]
+    assert got["n_examples"] == 6 and "curated/premem/r1/c0" not in got["scores"]
+    assert (got["mem_threshold"], got["mem_threshold_source"], got["select_from"]) == (-2.3, "gsm8k default",
+                                                                                       "original")
+    assert curate.main(["select", str(run), "--strategy", "premem", "--out", str(out), "--select-from", "all"]) == 0
     assert json.loads(out.read_text())["selected"] == sel["selected"]
+    assert selection.d_train(exs) == exs[:6] and selection.d_train(exs, ids=["gsm8k/train/3"]) == [exs[3]]
     # PreMemAcc missing for an example is an error, not a silent skip
     with pytest.raises(CurationError, match="no PreMemAcc for 1"):
         selection.select_ids("premem", exs, "gsm8k", premem={k: v for k, v in pm.items() if k != "gsm8k/train/3"})
@@ -410,16 +418,18 @@ def test_n_new_counts_and_multiples_of_the_seed_set():
 # ----------------------------------------------------------------------------- injected train / evaluate
 
 
-def fake_train_fn(calls):
+def fake_train_fn(calls, curated_acc=None):
     """A train function that writes a finished run folder without a model: config.yaml, subset_ids.json,
-    train records at steps 1 and 2 (PreMemAcc 0.5 for every other example, 1.0 for the rest), complete
-    checkpoints and train_summary.json."""
+    train records at steps 1 and 2 (PreMemAcc 0.5 for every other example, 1.0 for the rest; curated_acc
+    for the curated rows when given), complete checkpoints and train_summary.json."""
     def train_fn(cfg):
         from premem_kit.files import atomic_write_json
 
         calls.append(dict(cfg))
         ids = [e["id"] for e in data_mod.train_examples(cfg)]
         acc = [0.5 if j % 2 == 0 else 1.0 for j in range(len(ids))]
+        if curated_acc is not None:
+            acc = [curated_acc if i.startswith("curated/") else a for i, a in zip(ids, acc)]
         run = write_synthetic_run(cfg["run_dir"], [1, 2], [acc, acc], [[2.0] * len(ids)] * 2, ids=ids, config=cfg,
                                   complete_checkpoints=True)
         atomic_write_json(runs.summary_path(run), {"examples": len(ids)})
@@ -510,3 +520,74 @@ def test_fig8_runner_curves_ratio_and_figure(tmp_path):
     calls.clear()
     evals.clear()
     assert fig8.run_fig8(base, out, **kw)["curves"] == res["curves"] and calls == [] and evals == []
+
+
+# ----------------------------------------------------------------------------- the paper's Algorithm 1
+
+
+def test_algorithm1_chooses_p_prime_among_d_train_only(tmp_path):
+    base = tiny_cfg("models/tiny-lm", tmp_path / "recipe_run", max_train_examples=8)
+    seed = data_mod.train_examples(base)
+    seed_ids = {e["id"] for e in seed}
+    pool = collectors.holdout_pool(data_mod.load_split("gsm8k", str(DEMO_DATA), "train"), list(seed_ids), "gsm8k")
+    # every curated row scores PreMemAcc 0.0 (< t): selected whenever it is a candidate
+    kw = dict(strategy="premem", rounds=2, n_new=3, pool=pool, pool_name="holdout", seed_examples=seed,
+              train_fn=fake_train_fn([], curated_acc=0.0), eval_fn=lambda run, train_records: 0.5)
+    algorithm1.run_algorithm1(base, tmp_path / "d_train", **kw)
+    run1 = tmp_path / "d_train" / "round-1" / "run"
+    curated = [i for i in runs.read_train_ids(run1) if i.startswith("curated/")]
+    assert len(curated) == 3 and all(selection.premem_scores(run1)[i] == 0.0 for i in curated)
+    sel = json.loads((tmp_path / "d_train" / "round-1" / "selection.json").read_text())
+    assert set(sel["scores"]) == seed_ids and sel["n_examples"] == 8 and sel["select_from"] == "original"
+    assert sel["selected"] and not any(i.startswith("curated/") for i in sel["selected"])
+    assert sel["selected"] == [i for i in sel["scores"] if sel["scores"][i] < 0.75]
+    assert sel["mem_threshold"] == -2.3
+    # select_from "all" (the kit's earlier rule): the same run's curated rows are chosen too
+    algorithm1.run_algorithm1(base, tmp_path / "all", select_from="all", **kw)
+    sel_all = json.loads((tmp_path / "all" / "round-1" / "selection.json").read_text())
+    assert sel_all["n_examples"] == 11 and {i for i in sel_all["selected"] if i.startswith("curated/")} == {
+        i for i in runs.read_train_ids(tmp_path / "all" / "round-1" / "run") if i.startswith("curated/")}
+    # a folder written before select_from existed was made with "all": resuming it by default is an error
+    old = tmp_path / "all" / "algo1.json"
+    old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items() if k != "select_from"}))
+    with pytest.raises(CurationError, match="select_from: 'all' -> 'original'"):
+        algorithm1.run_algorithm1(base, tmp_path / "all", **kw)
+    algorithm1.run_algorithm1(base, tmp_path / "all", select_from="all", **kw)  # resumes: every round done
+
+
+def test_memorization_threshold_is_the_tasks_unless_given(tmp_path, capsys):
+    ppl = math.exp(math.exp(-2.0))  # loglog -2.0: memorized under MATH's -1.7, not under GSM8K's -2.3
+    for task, want in (("gsm8k", 1.0), ("math", 0.0)):
+        run = write_synthetic_run(tmp_path / task, [4, 8], [[1.0], [1.0]], [[ppl], [ppl]],
+                                  config=tiny_cfg("unused-model", tmp_path / task, task=task))
+        assert selection.premem_scores(run) == {"gsm8k/train/0": want}
+    assert selection.premem_scores(tmp_path / "math", -2.3) == {"gsm8k/train/0": 1.0}
+    summary = tmp_path / "summary.json"
+    summary.write_text(json.dumps({"threshold_loglog": -1.9}))
+    assert selection.resolve_mem_threshold("gsm8k") == (-2.3, "gsm8k default")
+    assert selection.resolve_mem_threshold("math") == (-1.7, "math default")
+    assert selection.resolve_mem_threshold("gsm8k", threshold_from=summary) == (-1.9, f"from {summary}")
+    assert selection.resolve_mem_threshold("math", -2.5) == (-2.5, "given")
+    with pytest.raises(CurationError, match="not both"):
+        selection.resolve_mem_threshold("math", -2.5, summary)
+    # Algorithm 1 and its command-line options: the task's unless given
+    assert algorithm1.Algorithm1({"task": "math"}, tmp_path, "premem", [1], []).threshold == -1.7
+    assert algorithm1.Algorithm1({"task": "gsm8k"}, tmp_path, "premem", [1], []).threshold == -2.3
+    assert algorithm1.LoopOptions(n_new=[1]).selection_kwargs("math")["mem_threshold"] == -1.7
+    assert algorithm1.LoopOptions(n_new=[1], threshold_from=str(summary)).selection_kwargs("math")[
+        "mem_threshold"] == -1.9
+    # curate.py select: GSM8K's -2.3 keeps the example out of P'; --threshold-from -1.9 puts it in
+    out = tmp_path / "sel.json"
+    base = ["select", str(tmp_path / "gsm8k"), "--strategy", "premem", "--out", str(out)]
+    assert curate.main(base) == 0 and json.loads(out.read_text())["selected"] == []
+    assert curate.main([*base, "--threshold-from", str(summary)]) == 0
+    got = json.loads(out.read_text())
+    assert (got["selected"], got["mem_threshold"], got["mem_threshold_source"]) == (["gsm8k/train/0"], -1.9,
+                                                                                     f"from {summary}")
+    assert curate.main([*base, "--threshold-from", str(tmp_path / "nope.json")]) == 2
+    assert "nope.json: no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        curate.main([*base, "--threshold-from", str(summary), "--mem-threshold", "-2"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    helptext = curate.build_parser()._subparsers._group_actions[0].choices["algo1"].format_help()
+    assert "default: the task's, GSM8K -2.3, MATH -1.7" in " ".join(helptext.split())

@@ -112,3 +112,21 @@ def test_the_committed_manifest_pins_the_published_arrays():
     ckpts = {f["path"].rsplit("/", 1)[0] for f in m["files"] if "/checkpoint-" in f["path"]}
     assert {p.rsplit("/", 1)[0] for p in test_files} == ckpts
     assert any("answer_types50_" in p for p in test_files) and any("answer_types5_" in p for p in test_files)
+
+
+def test_fetch_published_command_then_import(tmp_path, manifest, capsys, monkeypatch):
+    import premem
+
+    srv = Server(FILES)
+    try:
+        monkeypatch.setattr(download, "MANIFEST", manifest)
+        out = tmp_path / "ckpts"
+        argv = ["fetch-published", str(out), "--tasks", "gsm8k", "--base-url", srv.url]
+        assert premem.main(argv) == 0
+        text = capsys.readouterr().out
+        assert "2 files" in text and "downloaded 2, kept 0" in text and "import-published" in text
+        assert premem.main(argv) == 0 and "downloaded 0, kept 2" in capsys.readouterr().out
+        assert premem.main(["fetch-published", str(tmp_path / "x"), "--base-url", srv.url + "nothing/"]) == 2
+        assert "HTTP 404" in capsys.readouterr().err and not list((tmp_path / "x").rglob("*.npy"))
+    finally:
+        srv.close()

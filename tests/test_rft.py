@@ -7,12 +7,13 @@ import random
 from fractions import Fraction
 from math import comb
 
+import pandas as pd
 import pytest
 import yaml
 
 import curate
 from conftest import tiny_cfg
-from premem_kit import arith, data, grading, records, rft, runs
+from premem_kit import arith, data, grading, records, rft, runs, scaling
 from premem_kit.evaluation import EvalOptions, evaluate_run
 from premem_kit.training import run_training
 
@@ -71,14 +72,41 @@ def test_safe_eval_never_calls_python_eval(monkeypatch):
     assert arith.safe_eval("(48/2)+1") == 25
 
 
-@pytest.mark.parametrize("ann,ok", [
-    ("48/2=24", True), ("48/2=25", False), ("12/60=0.2", True), ("100/3=33.33", True),
-    ("100/3=33", True),          # rounds to the shown precision (GSM8K writes this)
-    ("100/3=33.4", False), ("1,000*2=2,000", True), ("2+2=5", False), ("2+2=4=4.0", True),
-    ("2+2=4=5", False), ("5*$3=15", False), ("48/2", False), ("abs(-2)=2", False),
+# (annotation, ok by the rules reference (Yuan et al.: first two sides, |v - b| < 1e-3), rounding (the
+# kit's earlier rule: relative 1e-4 or rounds to the shown digits), exact)
+@pytest.mark.parametrize("ann,ref,rnd,exact", [
+    ("48/2=24", True, True, True), (" 48 / 2 = 24 ", True, True, True), ("12/60=0.2", True, True, True),
+    ("48/2=25", False, False, False), ("2+2=5", False, False, False), ("100/3=33.4", False, False, False),
+    ("1+2.0005=3", True, True, False),       # off by 0.0005: inside 1e-3 and inside the shown precision
+    ("1/3=0.3338", True, False, False),      # off by 0.00047: inside 1e-3, outside the 4 shown digits
+    ("100/3=33.333", True, True, False),     # off by 0.00033
+    ("100/3=33.33", False, True, False),     # off by 0.0033: rounds to the shown digits, > 1e-3
+    ("100/3=33", False, True, False),        # GSM8K writes this; only rounding accepts it
+    ("1e6*3=3000001", False, True, False),   # relative 3e-7, absolute 1
+    ("1,000*2=2,000", False, True, True),    # Python's eval makes "1,000*2" a tuple: the reference fails
+    ("1000*2=2,000", False, True, True),     # float("2,000") fails
+    ("05+1=6", False, True, True),           # "05" is a syntax error in Python
+    ("2+2=4=4.0", True, True, True),
+    ("2+2=4=5", True, False, False),         # the reference never looks past the second side
+    ("5*$3=15", False, False, False), ("48/2", False, False, False), ("abs(-2)=2", False, False, False),
+    ("2+2=nan", False, False, False), ("7//2=3", False, False, False),
 ])
-def test_check_annotation(ann, ok):
-    assert arith.check_annotation(ann)[0] is ok
+def test_check_annotation_by_rule(ann, ref, rnd, exact):
+    assert arith.check_annotation(ann, "reference")[0] is ref
+    assert arith.check_annotation(ann, "rounding")[0] is rnd
+    assert arith.check_annotation(ann, "exact")[0] is exact
+    assert arith.check_annotation(ann)[0] is ref  # the reference rule is the default
+
+
+def test_reference_check_reads_annotations_as_yuan_et_al():
+    unclosed = "<<2*3=6>>6 and <<4*5=20 unclosed\n#### 26"
+    assert rft.check_path(unclosed) == (True, "")  # their <<([^>]*)>> never sees the unclosed one
+    assert rft.check_path(unclosed, arith="rounding") == (False, "unclosed or nested <<...>> annotation")
+    assert rft.check_path(unclosed, arith="exact")[0] is False
+    assert rft.check_path("<<1/3=0.3338>>\n#### 1") == (True, "")
+    assert rft.check_path("<<1/3=0.3338>>\n#### 1", arith="rounding")[0] is False
+    with pytest.raises(ValueError, match="expected one of reference, rounding, exact"):
+        arith.check_annotation("1=1", "loose")
 
 
 def test_levenshtein_matches_dynamic_programming():
@@ -120,16 +148,45 @@ def test_keys_collapse_wording_and_whitespace_but_not_order():
     assert rft.path_key(SAME_EQS_OTHER_WORDS) == k
     assert rft.path_key(OTHER_ORDER) == ("4*5=20", "2*3=6", "6+20=26") != k
     assert rft.path_key(OTHER_ORDER_SPACED) == rft.path_key(OTHER_ORDER)
-    assert rft.check_path(WRONG_ANNOTATION) == (False, "<<4*5=21>>: left side is 20, not 21")
-    assert not rft.check_path("<<2*3=6>>6 and <<4*5=20 unclosed\n#### 26")[0]
+    for rule in arith.ARITH_CHECKS:
+        assert rft.check_path(WRONG_ANNOTATION, arith=rule) == (False, "<<4*5=21>>: left side is 20, not 21")
     assert rft.clean_solution(TRAILING) == TRAILING.strip().split("\nThe end")[0]
 
 
-def test_dedupe_keeps_the_path_farthest_from_those_kept():
+def test_reference_dedupe_keeps_a_sample_with_the_gold_equations():
     orig = rft.Candidate(ORIGINAL, rft.path_key(ORIGINAL), {"origin": "original"})
     cands = [rft.Candidate(t, rft.path_key(t), {"i": i})
              for i, t in enumerate([SAME_EQS_OTHER_WORDS, OTHER_ORDER, OTHER_ORDER_SPACED, TRAILING])]
-    kept = rft.dedupe_paths(cands, [orig])
+    kept = rft.dedupe_paths(cands, [orig])  # the default: Yuan et al.'s rule
+    assert kept == rft.dedupe_reference(cands, [orig])
+    # the sample with the original's equations is an extra path; the order-swapped pair shares one key:
+    # OTHER_ORDER_SPACED replaces OTHER_ORDER only if farther from the other kept samples (not the original)
+    d_spaced = rft.levenshtein(OTHER_ORDER_SPACED, SAME_EQS_OTHER_WORDS)
+    d_order = rft.levenshtein(OTHER_ORDER, SAME_EQS_OTHER_WORDS)
+    assert d_spaced > d_order
+    assert [c.prov.get("i") for c in kept] == [None, 0, 2, 3]
+    # strict (the kit's earlier rule): the original's key is a seen key, so that sample is dropped
+    assert [c.prov.get("i") for c in rft.dedupe_paths(cands, [orig], "strict")] == [None, 2, 3]
+    # the reference's distances leave the original out: here strict and reference choose differently
+    o = rft.Candidate("b" * 20, ("o",))
+    near = rft.Candidate("aaaa", ("x",), {"i": "near"})
+    a = rft.Candidate("b" * 19 + "e", ("k",), {"i": "a"})  # far from near (20), next to the original (1)
+    b = rft.Candidate("aaaa" + "c" * 10, ("k",), {"i": "b"})  # 10 from near, 14 from the original
+    assert [c.prov.get("i") for c in rft.dedupe_paths([near, a, b], [o])] == [None, "near", "a"]
+    assert [c.prov.get("i") for c in rft.dedupe_paths([near, a, b], [o], "strict")] == [None, "near", "b"]
+    # a later sample replaces the kept one only when strictly farther
+    tie = [rft.Candidate("x", ("u",), {"i": "u"}), rft.Candidate("ab", ("t",), {"i": 0}),
+           rft.Candidate("ba", ("t",), {"i": 1})]
+    assert rft.dedupe_paths(tie)[-1].prov["i"] == 0
+    with pytest.raises(ValueError, match="expected one of reference, strict"):
+        rft.dedupe_paths(cands, [orig], "loose")
+
+
+def test_strict_dedupe_keeps_the_path_farthest_from_those_kept():
+    orig = rft.Candidate(ORIGINAL, rft.path_key(ORIGINAL), {"origin": "original"})
+    cands = [rft.Candidate(t, rft.path_key(t), {"i": i})
+             for i, t in enumerate([SAME_EQS_OTHER_WORDS, OTHER_ORDER, OTHER_ORDER_SPACED, TRAILING])]
+    kept = rft.dedupe_paths(cands, [orig], "strict")
     # same equations as the original: not added; the two order-swapped paths share one key
     assert [c.prov.get("i") for c in kept] == [None, 2, 3]
     d1 = rft.levenshtein(OTHER_ORDER, ORIGINAL)
@@ -138,12 +195,12 @@ def test_dedupe_keeps_the_path_farthest_from_those_kept():
     # the sum runs over every path kept so far: with a second kept path the choice can flip
     near = rft.Candidate(OTHER_ORDER_SPACED[:-9] + " fruits\n#### 26", ("x",), {"i": "near"})
     group = [rft.Candidate(OTHER_ORDER, ("k",), {"i": "a"}), rft.Candidate(OTHER_ORDER_SPACED, ("k",), {"i": "b"})]
-    kept2 = rft.dedupe_paths(group, [orig, near])
+    kept2 = rft.dedupe_paths(group, [orig, near], "strict")
     sums = {c.prov["i"]: rft.levenshtein(c.text, ORIGINAL) + rft.levenshtein(c.text, near.text) for c in group}
     assert kept2[-1].prov["i"] == max(sums, key=sums.get) == "a"
     # ties go to the earliest
     tie = [rft.Candidate("ab", ("t",), {"i": 0}), rft.Candidate("ba", ("t",), {"i": 1})]
-    assert rft.dedupe_paths(tie, [rft.Candidate("cc", ("o",))])[-1].prov["i"] == 0
+    assert rft.dedupe_paths(tie, [rft.Candidate("cc", ("o",))], "strict")[-1].prov["i"] == 0
 
 
 def test_build_rows_filters_dedupes_and_pools_two_models():
@@ -152,25 +209,35 @@ def test_build_rows_filters_dedupes_and_pools_two_models():
     b = rft.Source("B@20", {EX["id"]: [OTHER_ORDER, TRAILING, "garbage", WRONG_ANSWER, "ignored: past k"]},
                    {"model": "model-b", "run": "runs/b", "step": 20})
     rows, st = rft.build_rft_rows([EX], [a, b], "gsm8k", k=4)
+    # the default (Yuan et al.'s dedupe): A's first sample, with the original's equations, is kept too
+    assert (st["dedupe"], st["arith_check"]) == ("reference", "reference")
     assert [(r["origin"], r["model"], r["sample_index"]) for r in rows] == [
-        ("original", None, None), ("sample", "model-a", 1), ("sample", "model-b", 1)]
-    assert [r["id"] for r in rows] == ["toy/train/0/rft/original", "toy/train/0/rft/m0-1", "toy/train/0/rft/m1-1"]
-    assert rows[0]["answer"] == ORIGINAL and rows[2]["answer"] == TRAILING.strip().split("\nThe end")[0]
+        ("original", None, None), ("sample", "model-a", 0), ("sample", "model-a", 1), ("sample", "model-b", 1)]
+    assert [r["id"] for r in rows] == ["toy/train/0/rft/original", "toy/train/0/rft/m0-0", "toy/train/0/rft/m0-1",
+                                       "toy/train/0/rft/m1-1"]
+    assert rows[0]["answer"] == ORIGINAL and rows[3]["answer"] == TRAILING.strip().split("\nThe end")[0]
     assert all(r["source_id"] == EX["id"] and r["question"] == EX["question"] for r in rows)
     # A: 3 correct answers, one with a wrong annotation; B: 2 correct
     assert st["filter"] == {"samples": 8, "correct": 5, "correct_valid_equations": 4, "wrong_equations": 1}
     assert st["accuracy"] == {"A@10": 0.75, "B@20": 0.5}
-    assert st["distinct_paths_per_question"]["mean"] == 3 and st["distinct_paths_per_question"]["mean_sampled_only"] == 2
-    # per-k distinct paths: k=1 A's first sample repeats the original's equations, B's first is new
-    assert st["distinct_paths_vs_k"] == {"1": 2, "2": 3, "4": 3}
+    assert st["distinct_paths_per_question"]["mean"] == 4 and st["distinct_paths_per_question"]["mean_sampled_only"] == 3
+    # per-k distinct paths: the original plus the samples' keys (k=1: A's gold-equation path, B's new one)
+    assert st["distinct_paths_vs_k"] == {"1": 3, "2": 4, "4": 4}
+    # strict (the kit's earlier rule): A's first sample repeats the original's equations and is dropped
+    rows_s, st_s = rft.build_rft_rows([EX], [a, b], "gsm8k", k=4, dedupe="strict", arith_check="rounding")
+    assert [(r["origin"], r["model"], r["sample_index"]) for r in rows_s] == [
+        ("original", None, None), ("sample", "model-a", 1), ("sample", "model-b", 1)]
+    assert st_s["distinct_paths_per_question"]["mean"] == 3 and st_s["distinct_paths_vs_k"] == {"1": 2, "2": 3, "4": 3}
+    assert (st_s["dedupe"], st_s["arith_check"]) == ("strict", "rounding")
     assert st["pass_at_k"]["A@10"] == {"1": 0.75, "2": 1.0, "4": 1.0}
     assert st["pass_at_k"]["B@20"]["1"] == 0.5 and st["pass_at_k"]["B@20"]["2"] == pytest.approx(1 - 1 / 6)
     assert st["pass_at_k"]["pooled"]["1"] == pytest.approx(5 / 8)
     # only A: B's new path is missing; no original: only the samples
     rows_a, _ = rft.build_rft_rows([EX], [a], "gsm8k", k=4)
-    assert [r["model"] for r in rows_a] == [None, "model-a"]
-    rows_no, st_no = rft.build_rft_rows([EX], [a], "gsm8k", k=4, add_original=False)
-    assert [r["sample_index"] for r in rows_no] == [0, 1]  # the original's equations now count as new
+    assert [r["sample_index"] for r in rows_a] == [None, 0, 1]
+    assert [r["sample_index"] for r in rft.build_rft_rows([EX], [a], "gsm8k", k=4, dedupe="strict")[0]] == [None, 1]
+    rows_no, st_no = rft.build_rft_rows([EX], [a], "gsm8k", k=4, add_original=False, dedupe="strict")
+    assert [r["sample_index"] for r in rows_no] == [0, 1]  # without the original its equations are new
     with pytest.raises(rft.CacheError, match="has 4 samples, 5 needed"):
         rft.build_rft_rows([EX], [a], "gsm8k", k=5)
 
@@ -185,13 +252,13 @@ def test_pass_at_k_is_the_unbiased_estimator():
 
 def test_log_linear_fit_recovers_synthetic_slope():
     ns = [2 ** i for i in range(5, 11)]
-    fit = rft.fit_log_linear(ns, [0.04 * math.log2(n) - 0.1 for n in ns])
+    fit = scaling.fit_log_linear(ns, [0.04 * math.log2(n) - 0.1 for n in ns])
     assert fit["a"] == pytest.approx(0.04) and fit["b"] == pytest.approx(-0.1) and fit["r2"] == pytest.approx(1)
     noisy = [0.04 * math.log2(n) - 0.1 + (0.01 if i % 2 else -0.01) for i, n in enumerate(ns)]
-    f2 = rft.fit_log_linear(ns, noisy)
+    f2 = scaling.fit_log_linear(ns, noisy)
     assert abs(f2["slope_per_doubling"] - 0.04) < 0.005 and 0.9 < f2["r2"] < 1
     with pytest.raises(ValueError, match="two different data sizes"):
-        rft.fit_log_linear([64, 64], [0.1, 0.2])
+        scaling.fit_log_linear([64, 64], [0.1, 0.2])
 
 
 # ----------------------------------------------------------------------------- sample cache
@@ -336,19 +403,31 @@ def test_curate_rft_reads_a_filled_cache_filters_and_dedupes(tmp_path, src_run, 
         flipped = " ".join(f"<<{e}>>" for e in reversed(eqs)) + "\n#### " + split[i]["reference"]
         want_new += len(eqs) > 1
         cache.append([{"id": i, "first_index": 0, "seed": 0, "samples": [" " + reworded, wrong, flipped]}])
+    args = ["rft", "--from", f"{src_run}:1", "--k", "3", "--max-new-tokens", "12", "--seed", "5", "--cache-dir",
+            str(cdir), "--no-figures"]
     out = tmp_path / "filled.jsonl"
-    assert curate.main(["rft", "--from", f"{src_run}:1", "--out", str(out), "--k", "3", "--max-new-tokens", "12",
-                        "--seed", "5", "--cache-dir", str(cdir), "--no-figures"]) == 0
+    assert curate.main([*args, "--out", str(out)]) == 0
     rep = json.loads((tmp_path / "filled.report.json").read_text())
-    assert rep["sources"][0]["new_samples"] == 0
+    assert rep["sources"][0]["new_samples"] == 0 and (rep["dedupe"], rep["arith_check"]) == ("reference", "reference")
     n_eqs = [len(rft.equations(split[i]["solution"])) for i in ids]
     assert rep["filter"]["wrong_equations"] == sum(n > 0 for n in n_eqs)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     sampled = [r for r in rows if r["origin"] == "sample"]
+    # the default (Yuan et al.): the reworded sample, with the original's equations, is an extra path of
+    # every question; the flipped one too when its order differs (more than one equation)
+    assert [r["sample_index"] for r in sampled if r["sample_index"] == 0] == [0] * len(ids)
+    assert len(sampled) == len(ids) + want_new and all(r["step"] == 1 for r in sampled)
+    assert all(rft.path_key(r["answer"]) == rft.path_key(split[r["source_id"]]["solution"])
+               for r in sampled if r["sample_index"] == 0)
+    assert data.load_extra_file(out, "gsm8k")[0]["meta"]["origin"] == "original"
+    # --dedupe strict (the kit's earlier rule): only the flipped paths are new
+    strict = tmp_path / "strict.jsonl"
+    assert curate.main([*args, "--out", str(strict), "--dedupe", "strict"]) == 0
+    sampled = [r for r in map(json.loads, strict.read_text().splitlines()) if r["origin"] == "sample"]
     assert len(sampled) == want_new and all(r["sample_index"] == 2 and r["step"] == 1 for r in sampled)
     assert all(rft.path_key(r["answer"]) == tuple(reversed(rft.path_key(split[r["source_id"]]["solution"])))
                for r in sampled)
-    assert data.load_extra_file(out, "gsm8k")[0]["meta"]["origin"] == "original"
+    assert json.loads((tmp_path / "strict.report.json").read_text())["dedupe"] == "strict"
 
 
 def test_curate_rft_bad_inputs(tmp_path, src_run, capsys):
@@ -358,33 +437,63 @@ def test_curate_rft_bad_inputs(tmp_path, src_run, capsys):
     assert "no complete checkpoint-7 (complete checkpoints: 1; 0 = base model)" in capsys.readouterr().err
     assert curate.main(["rft", "--from", str(src_run), "--from", f"{src_run}:1", "--out", "x.jsonl"]) == 2
     assert "the same checkpoint is given twice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: an unknown rule is a usage error
+        curate.main(["rft", "--from", str(src_run), "--out", "x.jsonl", "--dedupe", "loose"])
+    assert "invalid choice: 'loose'" in capsys.readouterr().err
     assert curate.main(["rft", "--from", str(src_run), "--out", "x.jsonl", "--k", "0"]) == 2
     assert "--k must be at least 1" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
 
 
-def test_curate_scaling_trains_nested_fractions_and_fits(tmp_path, tiny_model):
+def test_curate_scaling_trains_nested_fractions_and_fits(tmp_path, tiny_model, capsys):
     cfg = tiny_cfg(tiny_model, tmp_path / "scaling", max_train_examples=8, batch_size=4, micro_batch_size=2,
                    num_epochs=1, eval_test_examples=4, eval_samples=2, eval_max_new_tokens=6)
     path = tmp_path / "scaling.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "scaling_out"
-    assert curate.main(["scaling", str(path), "--fractions", "1/2", "1", "eval_seed=3", "--out", str(out),
-                        "eval_samples=1"]) == 0
+    args = ["scaling", str(path), "--fractions", "1/2", "1", "eval_seed=3", "--out", str(out), "eval_samples=1"]
+    assert curate.main(args) == 0
     res = json.loads((out / "scaling.json").read_text())
     assert [(p["fraction"], p["n_train"], p["step"]) for p in res["points"]] == [("1/2", 4, 1), ("1", 8, 2)]
-    assert res["overrides"] == ["eval_seed=3", "eval_samples=1"]
+    assert res["overrides"] == ["eval_seed=3", "eval_samples=1"] and res["accuracy"] == "greedy"
     assert yaml.safe_load((out / "frac-1" / "config.yaml").read_text())["eval_samples"] == 1
     half = json.loads((out / "frac-1_2" / "subset_ids.json").read_text())
     full = json.loads((out / "frac-1" / "subset_ids.json").read_text())
     assert full[:4] == half and len(set(full)) == 8  # nested seeded subsets
+    # greedy by default (Yuan et al.): the greedy record's outcomes give the accuracy; nothing is sampled
     for p in res["points"]:
-        df = records.read_records(runs.record_path(p["run_dir"], p["step"], "test"))
-        assert len(df) == 4 and p["test_accuracy"] == pytest.approx(df["accuracy"].mean())
+        g = pd.read_parquet(runs.greedy_path(p["run_dir"], p["step"], "test"))
+        assert len(g) == 4 == p["test_examples"] and p["test_accuracy"] == (g["outcome"] == "correct").mean()
+        assert not runs.record_path(p["run_dir"], p["step"], "test").exists()
+    assert "greedy test accuracy" in capsys.readouterr().out
+    # the tiny model answers nothing right: plant greedy outcomes (3 of 4 correct at fraction 1) and rerun;
+    # training and evaluation are skipped, and the reported accuracy is read from the greedy record
+    gpath = runs.greedy_path(out / "frac-1", 2, "test")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(gpath)
+    t = t.set_column(t.schema.get_field_index("outcome"), "outcome",
+                     pa.array(["correct", "correct", "incorrect", "correct"]))
+    records.write_table(gpath, t)
+    assert curate.main(args) == 0
+    res = json.loads((out / "scaling.json").read_text())
     a0, a1 = (p["test_accuracy"] for p in res["points"])
+    assert (a0, a1) == (0.0, 0.75)
     fit = res["fit"]  # two points one doubling apart: the line goes through both
     assert fit["slope_per_doubling"] == pytest.approx(a1 - a0, abs=1e-9)
     assert fit["b"] == pytest.approx(a0 - 2 * (a1 - a0), abs=1e-9)
     from PIL import Image
 
     assert Image.open(out / "scaling.png").size[0] > 300 and (out / "scaling.pdf").stat().st_size > 0
+    ax = scaling.scaling_figure(res).axes[0]
+    assert ax.get_ylabel() == "greedy test accuracy"
+    # --sampled: the kit's earlier measure, the sampled test record (eval_samples at eval_temperature)
+    assert curate.main([*args, "--sampled", "--no-figures"]) == 0
+    res = json.loads((out / "scaling.json").read_text())
+    assert res["accuracy"] == "sampled"
+    for p in res["points"]:
+        df = records.read_records(runs.record_path(p["run_dir"], p["step"], "test"))
+        assert len(df) == 4 and p["test_accuracy"] == pytest.approx(df["accuracy"].mean())
+        assert len(df["outcomes"].iloc[0]) == 1  # eval_samples=1
+    assert scaling.accuracy_label(res) == "sampled test accuracy (T 0.8, 1 samples)"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, SHARED, tiny_cfg
+from conftest import ROOT, tiny_cfg
 from premem_kit import config, files, runs
 from premem_kit.grid import (GridError, cell_name, fmt_epochs, fmt_lr, grid_status, load_grid, model_short_name)
 from premem_kit.grid_run import run_grid, schedule
@@ -75,10 +75,8 @@ def test_gsm8k_llama3_grid_matches_the_appendix_cells_and_recipe():
                                                    "gsm8k_llama3-8b_1ep_full_lr2e-4"]
 
 
-def test_published_runs_are_cells_of_the_gsm8k_grid():
-    ckpts = SHARED / "data" / "kang2025" / "ckpts"
-    if not ckpts.is_dir():
-        pytest.skip(f"{ckpts} not present")
+def test_published_runs_are_cells_of_the_gsm8k_grid(published_ckpts):
+    ckpts = published_ckpts
     cells = set(cells_of(load_grid("gsm8k_llama3-8b")))
     names = sorted(p.name for p in ckpts.iterdir() if p.name.startswith("gsm8k_orig_"))
     assert names
