@@ -4,7 +4,10 @@
                                     [--max-new-tokens 64] [--dtype fp32|bf16]
 
 Prints tokens/s and examples/s for both ways and their ratios (targets on a 2-core CPU: >= 4x each),
-and on a GPU the model's bytes x decode steps/s as a fraction of the GPU's memory bandwidth.
+and on a GPU the model's bytes x decode steps/s as a fraction of the GPU's memory bandwidth. On CPU it
+also prints the ceiling: a measured torch matmul rate (GFLOP/s) against the FLOP rate sampling reaches
+(2 x parameters per generated token), and --crossover prints the perplexity time per example by batch
+size for short and long examples, with the padding each batch size adds.
 """
 from __future__ import annotations
 
@@ -53,6 +56,46 @@ def naive_perplexity(model, tok, prompts, targets):
     return out
 
 
+def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
+    """This CPU's measured fp32 matmul rate (the ceiling for dense model work), in GFLOP/s."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def padding_fraction(tok, examples, bs: int) -> float:
+    """Padded positions / real positions when the examples are batched longest-first (target_nll's order)."""
+    from premem_kit import data
+
+    lens = sorted((len(data.encode(tok, e["prompt"], e["target"])["input_ids"]) for e in examples), reverse=True)
+    padded = sum(max(lens[i:i + bs]) * len(lens[i:i + bs]) for i in range(0, len(lens), bs))
+    return padded / sum(lens) - 1
+
+
+def crossover(model, tok, exs, sizes=(1, 2, 4, 8, 16)) -> None:
+    """Perplexity seconds per example by batch size, for the shortest and the longest half of exs."""
+    from premem_kit import data, inference
+
+    lens = [len(data.encode(tok, e["prompt"], e["target"])["input_ids"]) for e in exs]
+    order = sorted(range(len(exs)), key=lambda i: lens[i])
+    halves = {"short": [exs[i] for i in order[: len(exs) // 2]], "long": [exs[i] for i in order[len(exs) // 2:]]}
+    print(f"{'examples':>8} {'tokens':>11} " + " ".join(f"{'bs ' + str(b):>13}" for b in sizes))
+    for name, part in halves.items():
+        ls = sorted(len(data.encode(tok, e["prompt"], e["target"])["input_ids"]) for e in part)
+        cells = []
+        for b in sizes:
+            _, t = timed(lambda: inference.perplexities(model, tok, [e["prompt"] for e in part],
+                                                        [e["target"] for e in part], batch_size=b, progress=False))
+            cells.append(f"{t / len(part) * 1000:6.0f}ms+{padding_fraction(tok, part, b):4.0%}")
+        print(f"{name:>8} {ls[0]:>4}-{ls[-1]:<6} " + " ".join(f"{c:>13}" for c in cells))
+    print("(ms per example, + the padded positions that batch size adds)")
+
+
 def timed(fn):
     import torch
 
@@ -75,6 +118,7 @@ def main():
     ap.add_argument("--ppl-batch-size", type=int, default=16)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--quantization", default="none")
+    ap.add_argument("--crossover", action="store_true", help="perplexity time by batch size and example length")
     a = ap.parse_args()
     import torch  # after parsing: --help and bad arguments answer at once
 
@@ -107,6 +151,16 @@ def main():
     print(f"perplexity batched {len(P) / bpt:8.2f} ex/s ({bpt:.1f} s)   naive per-example {len(P) / npt:8.2f} ex/s "
           f"({npt:.1f} s)   ratio {npt / bpt:.2f}x   max rel. difference {err:.1e}")
 
+    if not torch.cuda.is_available():
+        n_params = sum(p.numel() for p in model.parameters())
+        ceiling = matmul_gflops()
+        achieved = 2 * n_params * btoks / bt / 1e9
+        print(f"cpu ceiling: fp32 matmul {ceiling:.1f} GFLOP/s; batched sampling reaches {achieved:.1f} GFLOP/s "
+              f"(2 x {n_params / 1e6:.0f}M parameters x {b_rate:.1f} tok/s) = {achieved / ceiling:.0%} of it")
+        print(f"padding at perplexity batch {a.ppl_batch_size}: {padding_fraction(tok, pe, a.ppl_batch_size):.0%} "
+              f"more positions than the examples hold")
+        if a.crossover:
+            crossover(model, tok, exs[: max(a.ppl_examples, 32)])
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
         bw = next((v for k, v in GPU_BANDWIDTH.items() if k in name), None)
