@@ -166,15 +166,15 @@ def add_rft_parser(sub):
                    help="run folder, optionally :STEP (default its last complete checkpoint; :0 the base "
                         "model); repeat to pool several models' samples")
     p.add_argument("--out", required=True, help="output JSONL (GSM8K schema + provenance)")
-    p.add_argument("--k", type=int, default=100, help="samples per question per checkpoint (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.7, help="(default %(default)s, as Yuan et al.)")
-    p.add_argument("--top-p", type=float, default=1.0, help="(default %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, help="(default: the run's eval_max_new_tokens)")
+    p.add_argument("--k", type=cli.positive_int, default=100, help="samples per question per checkpoint (default %(default)s)")
+    p.add_argument("--temperature", type=cli.positive_float, default=0.7, help="(default %(default)s, as Yuan et al.)")
+    p.add_argument("--top-p", type=cli.unit_float, default=1.0, help="(default %(default)s)")
+    p.add_argument("--max-new-tokens", type=cli.positive_int, help="(default: the run's eval_max_new_tokens)")
     p.add_argument("--questions", choices=("run", "split"), default="run",
                    help="run: the runs' train examples (subset_ids.json); split: the whole train split")
-    p.add_argument("--train-examples", type=int, metavar="N", help="only the first N questions (split order)")
-    p.add_argument("--batch-size", type=int, help="prompts per generate call (default: eval_batch_size)")
-    p.add_argument("--samples-per-call", type=int,
+    p.add_argument("--train-examples", type=cli.positive_int, metavar="N", help="only the first N questions (split order)")
+    p.add_argument("--batch-size", type=cli.positive_int, help="prompts per generate call (default: eval_batch_size)")
+    p.add_argument("--samples-per-call", type=cli.positive_int,
                    help="samples per prompt per generate call (default k; lower it when k x batch is too big)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (part of the cache file name)")
     p.add_argument("--cache-dir", help="sample cache folder (default RUN/rft_samples)")
@@ -210,12 +210,12 @@ def add_scaling_parser(sub):
 
 
 def _add_selection_opts(p):
-    p.add_argument("--t", type=float, default=DEFAULT_T, help="premem: PreMemAcc cut (default %(default)s)")
+    p.add_argument("--t", type=cli.unit_float, default=DEFAULT_T, help="premem: PreMemAcc cut (default %(default)s)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--mem-threshold", type=float, metavar="LOGLOG", help=MEM_THRESHOLD_HELP)
+    g.add_argument("--mem-threshold", type=cli.finite_float, metavar="LOGLOG", help=MEM_THRESHOLD_HELP)
     g.add_argument("--threshold-from", metavar="SUMMARY_JSON",
                    help="premem: take threshold_loglog from the summary.json of a premem.py analyze run")
-    p.add_argument("--fraction", type=float,
+    p.add_argument("--fraction", type=cli.unit_float,
                    help="ifd/heuristic: top fraction kept (default 0.5 GSM8K, 0.75 MATH)")
     p.add_argument("--select-from", choices=SELECT_FROM, default="original",
                    help="original (default, Algorithm 1 line 6): choose P'(x) among D_train, the original train "
@@ -226,11 +226,11 @@ def _add_collect_opts(p):
     p.add_argument("--collector", choices=COLLECTORS, default="pool")
     p.add_argument("--pool", help="candidate JSONL (source_id or source_question per row) or 'holdout': "
                                   "the train split minus the seed set, sources by nearest seed question")
-    p.add_argument("--pool-size", type=int, help="holdout pool: a seeded sample of N held-out examples")
+    p.add_argument("--pool-size", type=cli.positive_int, help="holdout pool: a seeded sample of N held-out examples")
     p.add_argument("--rephrase-model", help="chat model name (or CURATE_REPHRASE_MODEL); endpoint "
                                             "OPENAI_BASE_URL, key OPENAI_API_KEY")
     p.add_argument("--rephrase-hf", help="rephrase with this local HF model instead of an endpoint")
-    p.add_argument("--rpm", type=float, default=60, help="requests per minute at most (default %(default)s)")
+    p.add_argument("--rpm", type=cli.positive_float, default=60, help="requests per minute at most (default %(default)s)")
     p.add_argument("--max-retries", type=int, default=5)
     p.add_argument("--rephrase-temperature", type=float, default=0.7)
 
@@ -248,7 +248,7 @@ def add_select_parser(sub):
 def add_collect_parser(sub):
     p = sub.add_parser("collect", help="collect N' new examples derived from a selection (pool or rephrase)")
     p.add_argument("--selection", required=True, help="JSON from curate.py select")
-    p.add_argument("--n", type=int, required=True, help="number of new examples N'")
+    p.add_argument("--n", type=cli.positive_int, required=True, help="number of new examples N'")
     p.add_argument("--out", required=True, help="output JSONL (dataset schema + provenance)")
     p.add_argument("--exclude", help="JSONL of earlier collected rows never to draw again")
     p.add_argument("--cache", help="rephrase response cache (default OUT.cache.jsonl)")
@@ -261,13 +261,13 @@ def _add_loop_opts(p):
     p.add_argument("config", help="YAML train config (the recipe; its subset / max_train_examples give D_train)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--rounds", type=int, default=5, help="rounds n (paper 5; default %(default)s)")
+    p.add_argument("--rounds", type=cli.positive_int, default=5, help="rounds n (paper 5; default %(default)s)")
     p.add_argument("--n-new", nargs="+", required=True,
                    help="N'_i per round (one value or n): a count, or a multiple of the seed set such as 2x "
                         "(the authors' MATH schedule: 1x 2x 4x 8x)")
     p.add_argument("--ifd-scorer", metavar="RUN", help="ifd: existing scorer run (default: train one on "
                                                        "the test split for 2 epochs in OUT/ifd-scorer)")
-    p.add_argument("--ifd-scorer-examples", type=int, metavar="N",
+    p.add_argument("--ifd-scorer-examples", type=cli.positive_int, metavar="N",
                    help="train the IFD scorer on the first N test examples only (default: all)")
     _add_selection_opts(p)
     _add_collect_opts(p)

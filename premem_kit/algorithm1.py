@@ -388,9 +388,12 @@ def collect_for_selection(selection, n: int, out, opts: collectors.CollectOption
     p = Path(selection)
     if not p.exists():
         raise CurationError(f"--selection {p} does not exist (write it with curate.py select)")
-    sel = json.loads(p.read_text())
+    try:
+        sel = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CurationError(f"--selection {p}: not valid JSON ({e}); write it with curate.py select") from None
     for k in ("sources", "run"):
-        if k not in sel:
+        if not isinstance(sel, dict) or k not in sel:
             raise CurationError(f"{p}: not a selection file (no key {k!r})")
     run = Path(sel["run"])
     cfg = runs.read_config(run)

@@ -28,3 +28,48 @@ def run(prog: str, fn, *args, **kwargs) -> int:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     return out if isinstance(out, int) else 0
+
+
+# argparse types: a bad value is rejected while parsing (exit 2, the option named), before any work
+def positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+    return v
+
+
+def finite_float(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def unit_float(text: str) -> float:
+    """A number in [0, 1] (a fraction, an accuracy cut, a probability)."""
+    import argparse
+
+    v = finite_float(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    import argparse
+
+    v = finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {v}")
+    return v

@@ -200,15 +200,25 @@ def checkpoint_table(pr: PublishedRun, ck: Path, split: str, step: int, epoch: f
         return records.record_table(ids, step, epoch, "test", types)
     if types.shape[0] != pr.n_train:
         raise PublishedError(f"{f}: {types.shape[0]} rows, expected {pr.n_train} (one per train example)")
-    pp = ck / "train_perplexities.npy"
-    if not pp.exists():
-        raise PublishedError(f"{pp}: missing (train perplexities are needed for the metric)")
-    ppl = read_vector(pp, pr.n_train, np.float64)
+    ppl = train_perplexities(pr, ck)
     tp = ck / "train_num_tokens.npy"
     tok = read_vector(tp, pr.n_train, np.int64) if tp.exists() else np.full(pr.n_train, -1)
     ids = np.char.add(f"{pr.task}/train/", pr.rows.astype(str)).tolist()
     r = pr.rows
     return records.record_table(ids, step, epoch, "train", types[r], ppl[r], tok[r])
+
+
+def train_perplexities(pr, ck: Path) -> np.ndarray:
+    """A checkpoint's train perplexities, checked: finite numbers >= 1, or NaN (not computed)."""
+    pp = ck / "train_perplexities.npy"
+    if not pp.exists():
+        raise PublishedError(f"{pp}: missing (train perplexities are needed for the metric)")
+    ppl = read_vector(pp, pr.n_train, np.float64)
+    bad = ~(np.isnan(ppl) | ((ppl >= 1 - 1e-6) & np.isfinite(ppl)))
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise PublishedError(f"{pp}: {int(bad.sum())} perplexities are not finite numbers >= 1 (row {i}: {ppl[i]})")
+    return ppl
 
 
 def import_published(src, out, *, model: str | None = None, force: bool = False, progress: bool = True,
@@ -224,6 +234,9 @@ def import_published(src, out, *, model: str | None = None, force: bool = False,
         raise PublishedError(f"--samples must be at least 1, got {samples}")
     src, out = Path(src), Path(out)
     published = [read_published_run(p, samples) for p in published_runs(src)]
+    for pr in published:  # every perplexity file checked before anything is written
+        for ck in pr.checkpoints:
+            train_perplexities(pr, ck)
     counts = {"written": 0, "skipped": 0}
 
     def write(path: Path, make) -> None:

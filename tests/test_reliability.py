@@ -340,3 +340,50 @@ def test_errors_and_repr_never_show_the_key():
         srv.close()
     with pytest.raises(CurationError, match="max_retries must be >= 0"):
         OpenAIChat(base_url="http://127.0.0.1:9", model="m", max_retries=-1)
+
+
+CURATE_CASES = [  # (argv with {run}/{sel}/{bad}, phrase)
+    ("select {run} --strategy premem --out {out} --t nan", "argument --t: expected a finite number"),
+    ("select {run} --strategy premem --out {out} --t 2", "argument --t: expected a number in [0, 1]"),
+    ("select {run} --strategy premem --out {out} --mem-threshold nan", "argument --mem-threshold: expected a finite"),
+    ("algo1 {cfg} --out {out} --rounds -1 --n-new 4 --pool holdout", "argument --rounds: expected a whole number >= 1"),
+    ("collect --selection {sel} --out {out} --n -3 --pool holdout", "argument --n: expected a whole number >= 1"),
+    ("collect --selection {bad} --out {out} --n 3 --pool holdout", "not valid JSON"),
+    ("collect --selection {sel} --out {out} --n 3 --collector rephrase --rephrase-model m --max-retries -1",
+     "max_retries must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("args,phrase", CURATE_CASES, ids=[c[0].split(" --out")[0][:40] for c in CURATE_CASES])
+def test_curate_bad_input(tmp_path, capsys, args, phrase):
+    import numpy as np
+    from conftest import ROOT
+
+    import curate
+
+    run = write_synthetic_run(tmp_path / "run", [10, 20], np.full((2, 4), 0.5), np.full((2, 4), 3.0), [0.4, 0.5],
+                              config={"data": str(DEMO_DATA)})
+    sel = tmp_path / "sel.json"
+    assert curate.main(["select", str(run), "--strategy", "iid", "--out", str(sel)]) == 0
+    (tmp_path / "bad.json").write_text('{"x": 1')
+    capsys.readouterr()
+    before = snapshot(tmp_path)
+    argv = args.format(run=run, sel=sel, bad=tmp_path / "bad.json", out=tmp_path / "out",
+                       cfg=ROOT / "configs" / "curate_demo.yaml").split()
+    code, err = run_main(curate.main, argv, capsys)
+    assert code == 2 and phrase in err, err
+    assert snapshot(tmp_path) == before
+
+
+def test_import_published_refuses_impossible_perplexities(tmp_path, capsys):
+    import numpy as np
+
+    ck = tmp_path / "src" / "gsm8k_orig_1epochs_full_lr5e-05_bs128" / "checkpoint-5"
+    ck.mkdir(parents=True)
+    np.save(ck / "train_answer_types5_seed2.npy", np.zeros((4, 5), dtype=np.int64))
+    np.save(ck / "test_answer_types5_seed2.npy", np.zeros((3, 5), dtype=np.int64))
+    for bad in (-1.0, np.inf):
+        np.save(ck / "train_perplexities.npy", np.array([1.5, bad, 2.0, 1.1]))
+        code, err = run_main(premem.main, ["import-published", str(tmp_path / "src"), str(tmp_path / "out")], capsys)
+        assert code == 2 and "1 perplexities are not finite numbers >= 1 (row 1" in err, err
+        assert not (tmp_path / "out").exists()
