@@ -440,8 +440,9 @@ def test_curate_rft_bad_inputs(tmp_path, src_run, capsys):
     with pytest.raises(SystemExit):  # argparse: an unknown rule is a usage error
         curate.main(["rft", "--from", str(src_run), "--out", "x.jsonl", "--dedupe", "loose"])
     assert "invalid choice: 'loose'" in capsys.readouterr().err
-    assert curate.main(["rft", "--from", str(src_run), "--out", "x.jsonl", "--k", "0"]) == 2
-    assert "--k must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # rejected while parsing
+        curate.main(["rft", "--from", str(src_run), "--out", "x.jsonl", "--k", "0"])
+    assert e.value.code == 2 and "argument --k: expected a whole number >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "x.jsonl").exists()
 
 
