@@ -14,8 +14,8 @@ reaches perplexity ~1 as soon as the template is learned, memorized or not. Here
 solution draws, independently of the question, a lead-in, a sentence pattern, a description of the
 quantity, a subject (name or pronoun), an operand order and a way of showing the calculation; independent
 steps come in random order. A model that has learned the distribution still pays the entropy of those
-choices on every example (about 33 nats per solution, an upper bound, ~0.45 per target token); only
-memorizing an example's own choices brings its target perplexity near 1.
+choices on every example (measured: see data/arith/README.md); only memorizing an example's own choices
+brings its target perplexity near 1.
 
 Split (disjoint by construction): an example is a test example iff its final answer falls in the test
 bucket (sha256 of the number, 1 in 3), so no test answer is ever a train answer and no test problem's
@@ -57,13 +57,18 @@ JOBS = ["walking dogs", "tutoring", "washing cars", "babysitting", "gardening", 
 MOVES = [("drives", "km"), ("bikes", "km"), ("walks", "km"), ("drives", "miles"), ("rides", "miles")]
 ALL = ["the count of all the {o}", "the total number of {o}"]
 OPWORD = {"+": "plus", "-": "minus", "*": "times", "/": "divided by"}
+OPSIGN = {"+": "+", "-": "-", "*": "x", "/": "/"}  # GSM8K writes products with "x" too
 
 # Solution grammar. {L} lead-in, {S} subject, {C} step clause, {D} description, {Q} quantity.
-LEAD_FIRST = ["", "First, ", "To start, ", "First of all, ", "We begin with this: "]
-LEAD_MID = ["", "Then ", "So ", "Next, ", "Now ", "After that, ", "This means ", "Then, "]
-LEAD_LAST = ["", "So ", "Therefore, ", "Finally, ", "In the end, ", "That means ", "Thus "]
-PATTERNS = ["{L}{S} {C}.", "{L}{S} {C}.", "{L}{D} is {Q}.", "{L}{D} comes to {Q}.", "{D}: {Q}.",
-            "{L}{D} works out to {Q}.", "{L}{D} equals {Q}.", "{Q} is {D}.", "{L}for {D} we get {Q}."]
+LEAD_FIRST = ["", "First, ", "To start, ", "First of all, ", "We begin with this: ", "Step one: ", "To begin, ",
+              "Let us start: ", "Start here: "]
+LEAD_MID = ["", "Then ", "So ", "Next, ", "Now ", "After that, ", "This means ", "Then, ", "Also, ", "Now, ",
+            "Next up, ", "After this, "]
+LEAD_LAST = ["", "So ", "Therefore, ", "Finally, ", "In the end, ", "That means ", "Thus ", "Last, ", "So, ",
+             "All in all, ", "Hence "]
+PATTERNS = ["{L}{S} {C}.", "{L}{S} {C}.", "{L}{D} {V} {Q}.", "{L}{D} {V} {Q}.", "{L}{D} {V} {Q}.",
+            "{L}{D} {V} {Q}.", "{D}: {Q}.", "{Q} is {D}.", "{L}for {D} we get {Q}.", "{L}we find {D}: {Q}."]
+VERBS = ["is", "comes to", "works out to", "equals", "amounts to", "is then", "must be", "will be"]
 
 
 def _is_test(answer: int) -> bool:
@@ -118,7 +123,7 @@ def shopping(p: Problem, k: int, kn: Knobs):
         cost = p.step("+", [cost, other], "$", ["the total cost", "the whole bill", "the total", "{P} total"],
                       ["spends {Q} in total", "pays {Q} altogether", "spends {Q} in all"], deps=range(len(p.steps)))
     if k in (2, 4) and len(p.steps) < k:
-        c["b"] = bill = min(b for b in (10, 20, 50, 100, 200, 500, 1000) if b > cost)
+        c["b"] = bill = min([b for b in (10, 20, 50, 100, 200, 500) if b > cost] or [cost // 1000 * 1000 + 1000])
         p.fact("The cashier gets a ${b} bill from {N}.", "{N} pays with a ${b} bill.", "{N} pays with ${b}.",
                "{N} hands the cashier ${b}.")
         p.step("-", [bill, cost], "$", ["the change", "{P} change", "the money {N} gets back"],
@@ -203,7 +208,7 @@ def rates(p: Problem, k: int, kn: Knobs):
                    deps=[len(p.steps) - 1])
             return ["What sum remains for {N}?", "How much money does {N} have left?", "How many dollars are left?"]
         c["D"] = D = val + s
-        p.fact("The whole route measures {D} {u}.", "The trip is {D} {u} long.", "{N} has a {D} {u} trip.")
+        p.fact("The whole route measures {D} {u}.", "The trip is {D} {u} long.", "{N} plans a trip of {D} {u}.")
         p.step("-", [D, val], "{u}", ["the distance left", "what is left of the trip"], ["still has {Q} to go"],
                deps=[len(p.steps) - 1])
         return ["What part of the route, in {u}, is still ahead?", "How many {u} are left?",
@@ -287,17 +292,17 @@ def _fill(template: str, p: Problem, who: str, capital: bool = False, **extra) -
     return text[0].upper() + text[1:] if capital else text
 
 
-def _quantity(p: Problem, st: dict, dollar_sign: bool) -> str:
+def _quantity(p: Problem, st: dict) -> str:
     r, args, op = p.r, list(st["args"]), st["op"]
     if op in "+*" and r.random() < 0.5:
         args.reverse()
-    expr = op.join(map(str, args))
-    shown = r.choice([expr + " = ", f" {op} ".join(map(str, args)) + " = ",
-                      f" {OPWORD[op]} ".join(map(str, args)) + " = ", ""])
+    expr, nums = op.join(map(str, args)), list(map(str, args))
+    shown = r.choice([expr, f" {op} ".join(nums), "", f" {OPWORD[op]} ".join(nums), f" {OPSIGN[op]} ".join(nums)])
+    shown += " = " if shown else ""
     ann, v, unit = f"<<{expr}={st['val']}>>", st["val"], st["unit"].format(**p.ctx)
-    if unit == "$":
-        return f"{shown}${ann}{v}" if dollar_sign else f"{shown}{ann}{v} dollars"
-    return f"{shown}{ann}{v} {unit}"
+    if unit == "$":  # the unit: "$56", "56 dollars" or none ("56"), drawn per line
+        return r.choice([f"{shown}${ann}{v}", f"{shown}{ann}{v} dollars", f"{shown}{ann}{v}"])
+    return r.choice([f"{shown}{ann}{v} {unit}", f"{shown}{ann}{v}"])
 
 
 def _order(p: Problem) -> list[int]:
@@ -313,14 +318,13 @@ def _order(p: Problem) -> list[int]:
 
 def solution(p: Problem) -> str:
     r, lines = p.r, []
-    dollar_sign = r.random() < 0.5
     order = _order(p)
     for pos, i in enumerate(order):
         st = p.steps[i]
         leads = LEAD_FIRST if pos == 0 else LEAD_LAST if pos == len(order) - 1 else LEAD_MID
         pats = PATTERNS if st["clauses"] else [x for x in PATTERNS if "{C}" not in x]
-        pat = r.choice(pats).replace("{L}", r.choice(leads))
-        q = _quantity(p, st, dollar_sign)
+        pat = r.choice(pats).replace("{L}", r.choice(leads)).replace("{V}", r.choice(VERBS))
+        q = _quantity(p, st)
         d = _fill(r.choice(st["descs"]), p, st["who"])
         c = _fill(r.choice(st["clauses"]), p, st["who"], Q=q) if "{C}" in pat else ""
         lines.append(_fill(pat.replace("{C}", c).replace("{D}", d).replace("{Q}", q), p, st["who"], True))

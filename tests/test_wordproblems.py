@@ -99,10 +99,10 @@ def check_answer(answer: str, steps: int) -> int:
         assert after.rstrip(".,") == shown, f"<<{expr}={shown}>>{after}"
     for line in lines[:-1]:  # a calculation written before the annotation is the annotated one
         if " = " in line:
-            m = re.search(r"(\d+(?:(?: ?[-+*/] ?| (?:plus|minus|times|divided by) )\d+)+) = \$?<<([^=]+)=", line)
+            m = re.search(r"(\d+(?:(?: ?[-+*/] ?| (?:plus|minus|times|divided by|x) )\d+)+) = \$?<<([^=]+)=", line)
             assert m, line
             shown = m.group(1)
-            for word, op in (("divided by", "/"), ("times", "*"), ("plus", "+"), ("minus", "-")):
+            for word, op in (("divided by", "/"), ("times", "*"), ("plus", "+"), ("minus", "-"), ("x", "*")):
                 shown = shown.replace(f" {word} ", op)
             assert shown.replace(" ", "") == m.group(2), line
     final = int(lines[-1][5:])
