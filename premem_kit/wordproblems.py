@@ -71,7 +71,7 @@ PATTERNS = ["{L}{S} {C}.", "{L}{S} {C}.", "{L}{D} {V} {Q}.", "{L}{D} {V} {Q}.", 
 VERBS = ["is", "comes to", "works out to", "equals", "amounts to", "is then", "must be", "will be"]
 
 
-def _is_test(answer: int) -> bool:
+def is_test_answer(answer: int) -> bool:
     """The split rule: final answers whose sha256 bucket is 0 (of 3) belong to test."""
     return int(hashlib.sha256(f"arith:{answer}".encode()).hexdigest(), 16) % 3 == 0
 
@@ -337,22 +337,25 @@ def question(p: Problem, ask: list[str], test: bool) -> str:
 
 
 def make_problem(r: random.Random, kn: Knobs) -> tuple[str, Problem, list[str]]:
-    fam = r.choice(sorted(FAMILIES))
-    k = r.randint(1, kn.max_steps)
-    fn, people = FAMILIES[fam]
-    p = Problem(r, people)
-    ask = fn(p, k, kn)
-    return fam, p, ask
+    """A random problem: (family, Problem with its steps and question sentences, the ask variants)."""
+    fam, k = r.choice(sorted(FAMILIES)), r.randint(1, kn.max_steps)
+    p = Problem(r, FAMILIES[fam][1])
+    return fam, p, FAMILIES[fam][0](p, k, kn)
 
 
 def generate(seed: int = SEED, n_train: int = N_TRAIN, n_test: int = N_TEST, knobs: Knobs = Knobs()) -> dict:
     """{"train": rows, "test": rows}; rows {"question", "answer", "family", "steps"}; deterministic in
     (seed, sizes, knobs). Questions are unique across both splits; the split is the answer's bucket."""
+    if not (1 <= knobs.max_steps <= 4 and min(knobs.max_count, knobs.max_size) >= 3 and knobs.max_extra >= 4
+            and knobs.max_age >= 4):
+        raise ValueError(f"knobs out of range (max_steps 1-4, the others >= 3, max_extra >= 4): {knobs}")
     r = random.Random(seed)
     out, want, seen = {"train": [], "test": []}, {"train": n_train, "test": n_test}, set()
-    while len(out["train"]) < n_train or len(out["test"]) < n_test:
+    for _ in range(100 * (n_train + n_test) + 1000):
+        if len(out["train"]) >= n_train and len(out["test"]) >= n_test:
+            return out
         fam, p, ask = make_problem(r, knobs)
-        split = "test" if _is_test(p.steps[-1]["val"]) else "train"
+        split = "test" if is_test_answer(p.steps[-1]["val"]) else "train"
         if len(out[split]) >= want[split]:
             continue
         q = question(p, ask, split == "test")
@@ -360,16 +363,15 @@ def generate(seed: int = SEED, n_train: int = N_TRAIN, n_test: int = N_TEST, kno
             continue
         seen.add(q)
         out[split].append({"question": q, "answer": solution(p), "family": fam, "steps": len(p.steps)})
-    return out
+    raise ValueError(f"could not find {n_train} + {n_test} distinct problems with {knobs}: raise the knobs")
 
 
 def write(out_dir, seed: int = SEED, n_train: int = N_TRAIN, n_test: int = N_TEST, knobs: Knobs = Knobs()) -> dict:
     """Write OUT/train.jsonl and OUT/test.jsonl; returns {path: number of rows}."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     done = {}
     for split, rows in generate(seed, n_train, n_test, knobs).items():
-        path = out_dir / f"{split}.jsonl"
+        path = Path(out_dir) / f"{split}.jsonl"
         path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows), encoding="utf-8")
         done[str(path)] = len(rows)
     return done
@@ -387,8 +389,7 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     kn = Knobs(**{k: getattr(a, k) for k in asdict(Knobs())})
     for path, n in write(a.out, a.seed, a.train, a.test, kn).items():
-        size = Path(path).stat().st_size
-        print(f"wrote {path}: {n} examples, {size} bytes, sha256 "
+        print(f"wrote {path}: {n} examples, {Path(path).stat().st_size} bytes, sha256 "
               f"{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]}")
     print(f"seed {a.seed}, knobs {asdict(kn)}")
 

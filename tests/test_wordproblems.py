@@ -74,6 +74,12 @@ def test_command_line_writes_the_files_and_says_so(tmp_path, capsys):
     assert all(r["steps"] <= 2 for r in map(json.loads, (tmp_path / "train.jsonl").read_text().splitlines()))
 
 
+def test_knobs_out_of_range_are_refused():
+    for bad in (wp.Knobs(max_steps=5), wp.Knobs(max_steps=0), wp.Knobs(max_count=2), wp.Knobs(max_extra=3)):
+        with pytest.raises(ValueError, match="knobs out of range"):
+            wp.generate(n_train=4, n_test=2, knobs=bad)
+
+
 def test_sizes_and_schema(committed):
     assert len(committed["train"]) == wp.N_TRAIN == 512 and len(committed["test"]) == wp.N_TEST == 256
     for split, rs in committed.items():
@@ -134,7 +140,7 @@ def test_loads_as_a_gsm8k_task():
 
 def test_split_rule_holds_on_the_committed_files(committed):
     final = {s: [int(r["answer"].rsplit("#### ", 1)[1]) for r in rs] for s, rs in committed.items()}
-    assert all(wp._is_test(a) for a in final["test"]) and not any(wp._is_test(a) for a in final["train"])
+    assert all(wp.is_test_answer(a) for a in final["test"]) and not any(wp.is_test_answer(a) for a in final["train"])
     assert not set(final["train"]) & set(final["test"]), "a test answer is also a train answer"
     calc = {s: {tuple(sorted(e for e, _, _ in ANN.findall(r["answer"]))) for r in rs} for s, rs in committed.items()}
     assert not calc["train"] & calc["test"], "a test calculation chain also occurs in train"
