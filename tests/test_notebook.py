@@ -32,8 +32,11 @@ def test_notebook_setup_cell_installs_and_other_cells_are_plain_python():
     scripts = {p.stem for p in ROOT.glob("*.py")}
     imported = {m for _, src in cells for m in re.findall(r"^\s*(?:import|from)\s+(\w+)", src, re.M)}
     assert "premem_kit" in imported and not imported & scripts, imported & scripts
-    # by default the notebook runs the CPU demo grid, which exists
-    assert any('"grids/demo_cpu.yaml"' in src for _, src in cells) and (ROOT / "grids" / "demo_cpu.yaml").exists()
+    # by default the notebook runs the arith grid; the GSM8K grid it names as the alternative exists too
+    grid = re.search(r'^GRID = os.environ.get\("NOTEBOOK_GRID", "([^"]+)"\)\s+# or "([^"]+)" \(GSM8K\)',
+                     "\n".join(src for _, src in cells), re.M)
+    assert grid and grid.groups() == ("grids/arith_smollm2.yaml", "grids/demo_cpu.yaml"), grid
+    assert all((ROOT / g).exists() for g in grid.groups())
 
 
 def test_notebook_runs_top_to_bottom_on_the_tiny_model(tmp_path, tiny_model, monkeypatch, capsys):

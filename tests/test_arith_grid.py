@@ -1,0 +1,109 @@
+"""grids/arith_smollm2.yaml, the kit's own small-model replication: the README describes the grid it
+ships (the sentence is rebuilt from the grid file), the calibration runs are half the cells, and the
+grid's settings on data/arith go through sweep.py -> train -> evaluate -> analyze on the tiny model."""
+import fnmatch
+import json
+import os
+import re
+import subprocess
+import sys
+
+import yaml
+
+from conftest import ROOT, tiny_cfg
+from premem_kit import data, records, runs
+from premem_kit.grid import fmt_epochs, fmt_lr, load_grid
+
+GRID = ROOT / "grids" / "arith_smollm2.yaml"
+
+
+def option(args: list[str], flag: str) -> list[str]:
+    """The values after `flag` in an argument list, up to the next flag."""
+    i = args.index(flag) + 1
+    vals = []
+    while i < len(args) and not args[i].startswith("--"):
+        vals.append(args[i])
+        i += 1
+    return vals
+
+
+def readme_sentence(g: dict) -> str:
+    """What the README must say about the grid, built from the grid file itself."""
+    cfgs = [c["cfg"] for c in g["cells"]]
+    lrs = ", ".join(fmt_lr(x) for x in sorted({c["learning_rate"] for c in cfgs}))
+    epochs = sorted({c["num_epochs"] for c in cfgs})
+    sizes = {c["subset"]: len(data.train_examples(c)) for c in cfgs}
+    order = [s for s in ("full", "half", "quarter") if s in sizes]
+    ev = g["evaluate_args"]
+    cal = option(g["analyze_args"], "--calibrate-on")
+    return (f"{len(cfgs)} runs: learning rates {lrs}; {fmt_epochs(epochs[0])} to {fmt_epochs(epochs[-1])} epochs; "
+            f"{' / '.join(str(sizes[s]) for s in order)} train examples ({' / '.join(order)}); every epoch "
+            f"evaluated on {option(ev, '--train-examples')[0]} train and {option(ev, '--test-examples')[0]} test "
+            f"questions, {cfgs[0]['eval_samples']} samples each; threshold calibrated on {len(cal)} runs, "
+            f"R² reported on the other {len(cfgs) - len(cal)}")
+
+
+def test_the_readme_states_the_grid_that_ships():
+    g = load_grid(GRID)
+    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    sentence = readme_sentence(g)
+    assert sentence.startswith("8 runs: learning rates 3e-4, 1e-3, 3e-3; 1 to 8 epochs; 32 / 16 / 8 train examples")
+    assert sentence in readme, f"README.md should say: {sentence}"
+    assert "sweep.py run grids/arith_smollm2.yaml" in readme
+
+
+def test_calibration_runs_are_half_the_cells_and_span_the_regimes():
+    g = load_grid(GRID)
+    names = [c["name"] for c in g["cells"]]
+    pats = option(g["analyze_args"], "--calibrate-on")
+    hits = [[n for n in names if fnmatch.fnmatch(n, p)] for p in pats]
+    assert all(len(h) == 1 for h in hits), hits  # each pattern names exactly one cell
+    cal = {h[0] for h in hits}
+    assert len(cal) * 2 == len(names)
+    # both sides hold a 1-epoch run and a run of 4 or more epochs
+    for side in (cal, set(names) - cal):
+        eps = {c["cfg"]["num_epochs"] for c in g["cells"] if c["name"] in side}
+        assert min(eps) == 1 and max(eps) >= 4, (side, eps)
+
+
+def test_subsets_are_nested_prefixes_of_the_arith_train_split():
+    g = load_grid(GRID)
+    by_size = {c["cfg"]["subset"]: [e["id"] for e in data.train_examples(c["cfg"])] for c in g["cells"]}
+    assert by_size["full"][:16] == by_size["half"] and by_size["full"][:8] == by_size["quarter"]
+    assert all(c["cfg"]["data"] == "data/arith" for c in g["cells"])
+
+
+def test_the_grid_runs_through_sweep_and_analyze_on_the_tiny_model(tmp_path, tiny_model):
+    """The shipped grid's common keys and evaluate_args, two of its cells (1 and 4 epochs), data/arith,
+    with the tiny model as base; a fixed threshold, as a random model's test accuracy cannot calibrate."""
+    g = yaml.safe_load(GRID.read_text())
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump(tiny_cfg(tiny_model, tmp_path / "unused", data=str(ROOT / "data" / "arith"),
+                                            max_length=256, eval_max_new_tokens=8)))
+    cells = [c for c in g["cells"] if (c["num_epochs"], c["subset"]) in ((1, "full"), (4, "quarter"))][:2]
+    assert len(cells) == 2
+    g.update(base=str(base), runs_root=str(tmp_path / "runs"), cells=cells,
+             analyze_args=["--threshold", "-2.3"], model_name="tiny")
+    grid_file = tmp_path / "tiny_arith.yaml"
+    grid_file.write_text(yaml.safe_dump(g))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "sweep.py"), "run", str(grid_file)], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    loaded = load_grid(grid_file)
+    for c in loaded["cells"]:
+        run = c["run_dir"]
+        n_train = {"full": 32, "quarter": 8}[c["cfg"]["subset"]]
+        assert len(json.loads((run / "subset_ids.json").read_text())) == n_train
+        files = runs.list_records(run)
+        steps = sorted({step for step, _, _, _ in files})
+        assert len(steps) == c["cfg"]["num_epochs"]  # every epoch, no base model (eval_base_model: false)
+        assert sorted((split, variant) for _, split, variant, _ in files) == \
+            sorted([("test", "original"), ("train", "original")] * len(steps))
+        for _, split, _, path in files:
+            recs = records.read_records(path)
+            assert len(recs) == {"train": 8, "test": 12}[split] and all(len(s) == 2 for s in recs["samples"])
+    summary = json.loads((tmp_path / "runs" / "analysis" / "summary.json").read_text())
+    assert summary["n_points"] == 1 + 4 and summary["threshold_loglog"] == -2.3
+    assert (tmp_path / "runs" / "analysis" / "figures" / "fig1.png").exists()
