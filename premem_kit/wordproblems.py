@@ -348,7 +348,7 @@ def generate(seed: int = SEED, n_train: int = N_TRAIN, n_test: int = N_TEST, kno
     (seed, sizes, knobs). Questions are unique across both splits; the split is the answer's bucket."""
     if not (1 <= knobs.max_steps <= 4 and min(knobs.max_count, knobs.max_size) >= 3 and knobs.max_extra >= 4
             and knobs.max_age >= 4):
-        raise ValueError(f"knobs out of range (max_steps 1-4, the others >= 3, max_extra >= 4): {knobs}")
+        raise ValueError(f"knobs out of range (max_steps 1-4, max_count/max_size >= 3, max_extra/max_age >= 4): {knobs}")
     r = random.Random(seed)
     out, want, seen = {"train": [], "test": []}, {"train": n_train, "test": n_test}, set()
     for _ in range(100 * (n_train + n_test) + 1000):
@@ -368,10 +368,11 @@ def generate(seed: int = SEED, n_train: int = N_TRAIN, n_test: int = N_TEST, kno
 
 def write(out_dir, seed: int = SEED, n_train: int = N_TRAIN, n_test: int = N_TEST, knobs: Knobs = Knobs()) -> dict:
     """Write OUT/train.jsonl and OUT/test.jsonl; returns {path: number of rows}."""
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     done = {}
     for split, rows in generate(seed, n_train, n_test, knobs).items():
-        path = Path(out_dir) / f"{split}.jsonl"
+        path = out_dir / f"{split}.jsonl"
         path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in rows), encoding="utf-8")
         done[str(path)] = len(rows)
     return done
