@@ -1,5 +1,5 @@
-"""grids/arith_smollm2.yaml, the kit's own small-model replication: the README describes the grid it
-ships (the sentence is rebuilt from the grid file), the calibration runs are half the cells, and the
+"""grids/arith_smollm2{,_large}.yaml, the kit's own small-model replication: the README describes each grid
+it ships (the sentence is rebuilt from the grid file), the calibration runs are half the cells, and the
 grid's settings on data/arith go through sweep.py -> train -> evaluate -> analyze on the tiny model."""
 import fnmatch
 import json
@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from conftest import ROOT, tiny_cfg
@@ -15,6 +16,10 @@ from premem_kit import data, records, runs
 from premem_kit.grid import fmt_epochs, fmt_lr, load_grid
 
 GRID = ROOT / "grids" / "arith_smollm2.yaml"
+LARGE = ROOT / "grids" / "arith_smollm2_large.yaml"
+# each grid, with the start of its README sentence (so a change of the grid file is a change here too)
+GRIDS = {GRID: "8 runs: learning rates 3e-4, 1e-3, 3e-3; 1 to 8 epochs; 32 / 16 / 8 train examples",
+         LARGE: "8 runs: learning rates 3e-4, 1e-3, 3e-3; 1 to 8 epochs; 256 / 128 / 64 train examples"}
 
 
 def option(args: list[str], flag: str) -> list[str]:
@@ -43,17 +48,19 @@ def readme_sentence(g: dict) -> str:
             f"R² reported on the other {len(cfgs) - len(cal)}")
 
 
-def test_the_readme_states_the_grid_that_ships():
-    g = load_grid(GRID)
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)
+def test_the_readme_states_the_grid_that_ships(grid):
+    g = load_grid(grid)
     readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
     sentence = readme_sentence(g)
-    assert sentence.startswith("8 runs: learning rates 3e-4, 1e-3, 3e-3; 1 to 8 epochs; 32 / 16 / 8 train examples")
+    assert sentence.startswith(GRIDS[grid])
     assert sentence in readme, f"README.md should say: {sentence}"
-    assert "sweep.py run grids/arith_smollm2.yaml" in readme
+    assert f"sweep.py run grids/{grid.name}" in readme
 
 
-def test_calibration_runs_are_half_the_cells_and_span_the_regimes():
-    g = load_grid(GRID)
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)
+def test_calibration_runs_are_half_the_cells_and_span_the_regimes(grid):
+    g = load_grid(grid)
     names = [c["name"] for c in g["cells"]]
     pats = option(g["analyze_args"], "--calibrate-on")
     hits = [[n for n in names if fnmatch.fnmatch(n, p)] for p in pats]
@@ -66,10 +73,13 @@ def test_calibration_runs_are_half_the_cells_and_span_the_regimes():
         assert min(eps) == 1 and max(eps) >= 4, (side, eps)
 
 
-def test_subsets_are_nested_prefixes_of_the_arith_train_split():
-    g = load_grid(GRID)
+@pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)
+def test_subsets_are_nested_prefixes_of_the_arith_train_split(grid):
+    g = load_grid(grid)
     by_size = {c["cfg"]["subset"]: [e["id"] for e in data.train_examples(c["cfg"])] for c in g["cells"]}
-    assert by_size["full"][:16] == by_size["half"] and by_size["full"][:8] == by_size["quarter"]
+    full = by_size["full"]
+    assert len(full) == 2 * len(by_size["half"]) == 4 * len(by_size["quarter"])
+    assert full[:len(full) // 2] == by_size["half"] and full[:len(full) // 4] == by_size["quarter"]
     assert all(c["cfg"]["data"] == "data/arith" for c in g["cells"])
 
 
