@@ -13,23 +13,13 @@ import yaml
 
 from conftest import ROOT, tiny_cfg
 from premem_kit import data, records, runs
-from premem_kit.grid import fmt_epochs, fmt_lr, load_grid
+from premem_kit.grid import flag_values, fmt_epochs, fmt_lr, load_grid
 
 GRID = ROOT / "grids" / "arith_smollm2.yaml"
 LARGE = ROOT / "grids" / "arith_smollm2_large.yaml"
 # each grid, with the start of its README sentence (so a change of the grid file is a change here too)
 GRIDS = {GRID: "8 runs: learning rates 3e-4, 1e-3, 3e-3; 1 to 8 epochs; 32 / 16 / 8 train examples",
          LARGE: "8 runs: learning rates 3e-4, 1e-3, 3e-3; 1 to 8 epochs; 256 / 128 / 64 train examples"}
-
-
-def option(args: list[str], flag: str) -> list[str]:
-    """The values after `flag` in an argument list, up to the next flag."""
-    i = args.index(flag) + 1
-    vals = []
-    while i < len(args) and not args[i].startswith("--"):
-        vals.append(args[i])
-        i += 1
-    return vals
 
 
 def readme_sentence(g: dict) -> str:
@@ -39,11 +29,11 @@ def readme_sentence(g: dict) -> str:
     epochs = sorted({c["num_epochs"] for c in cfgs})
     sizes = {c["subset"]: len(data.train_examples(c)) for c in cfgs}
     order = [s for s in ("full", "half", "quarter") if s in sizes]
-    ev = g["evaluate_args"]
-    cal = option(g["analyze_args"], "--calibrate-on")
+    (n_train,), (n_test,) = (flag_values(g["evaluate_args"], f, []) for f in ("--train-examples", "--test-examples"))
+    cal = flag_values(g["analyze_args"], "--calibrate-on", [])
     return (f"{len(cfgs)} runs: learning rates {lrs}; {fmt_epochs(epochs[0])} to {fmt_epochs(epochs[-1])} epochs; "
             f"{' / '.join(str(sizes[s]) for s in order)} train examples ({' / '.join(order)}); every epoch "
-            f"evaluated on {option(ev, '--train-examples')[0]} train and {option(ev, '--test-examples')[0]} test "
+            f"evaluated on {n_train} train and {n_test} test "
             f"questions, {cfgs[0]['eval_samples']} samples each; threshold calibrated on {len(cal)} runs, "
             f"R² reported on the other {len(cfgs) - len(cal)}")
 
@@ -62,7 +52,7 @@ def test_the_readme_states_the_grid_that_ships(grid):
 def test_calibration_runs_are_half_the_cells_and_span_the_regimes(grid):
     g = load_grid(grid)
     names = [c["name"] for c in g["cells"]]
-    pats = option(g["analyze_args"], "--calibrate-on")
+    pats = flag_values(g["analyze_args"], "--calibrate-on", [])
     hits = [[n for n in names if fnmatch.fnmatch(n, p)] for p in pats]
     assert all(len(h) == 1 for h in hits), hits  # each pattern names exactly one cell
     cal = {h[0] for h in hits}
