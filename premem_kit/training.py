@@ -112,7 +112,8 @@ def training_arguments(cfg: dict, run: Path, world_size: int):
         optim=OPTIMIZERS[cfg["optimizer"]], max_grad_norm=cfg["max_grad_norm"], logging_steps=cfg["logging_steps"],
         save_strategy="epoch", save_total_limit=None, seed=cfg["seed"], data_seed=cfg["seed"],
         bf16=on_gpu and mp == "bf16", fp16=on_gpu and mp == "fp16",
-        activation_checkpointing=gc, activation_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        # gradient_checkpointing (not 5.23's activation_checkpointing alias): the same on every transformers 5.x
+        gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
         remove_unused_columns=False, report_to=[], dataloader_num_workers=cfg["dataloader_num_workers"],
         dataloader_pin_memory=on_gpu,
         use_cpu=not on_gpu and world_size > 1,  # CPU processes under accelerate launch: gloo (parallel.py)

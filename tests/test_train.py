@@ -272,5 +272,5 @@ def test_full_finetuning_recipe_builds_the_optimizer_it_names(tmp_path, tiny_mod
     assert type(opt).__module__.startswith("bitsandbytes.optim") and opt.is_paged and opt.args.optim_bits == 8
     decay = max(g["weight_decay"] for g in opt.param_groups)  # norms and biases get none, as in the HF Trainer
     assert decay == {"fullft_llama3_8b_gsm8k": 0.01, "fullft_gemma2_9b_math": 0.0}[recipe]
-    assert trainer.args.activation_checkpointing and next(model.parameters()).dtype == torch.float32
+    assert trainer.args.gradient_checkpointing and next(model.parameters()).dtype == torch.float32
     assert training.autocast_dtype(cfg, torch.float32) == "bf16"  # bf16 compute on a GPU
