@@ -60,8 +60,9 @@ def opts(**kw) -> slurm.SlurmOptions:
                                 "setup": [f"export PYTHONPATH={HERE}:$PYTHONPATH"], **kw})
 
 
-def n_jobs() -> int:
-    return len(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
+def job_ids() -> set:
+    """Every job SLURM knows (ended ones too, for MinJobAge): a submission adds one."""
+    return set(subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], capture_output=True, text=True).stdout.split())
 
 
 def wait_for(pred, timeout_s: float, what: str):
@@ -147,6 +148,15 @@ def test_a_timed_out_or_preempted_job_is_requeued_and_resumes(tmp_path):
     assert "Calling checkpoint method." in log and f"Requeued job {jid}" in log and "cell r: step 10/10 done" in log
 
 
+def test_a_failing_cell_fails_its_job_and_is_due_again(tmp_path):
+    state, logs = tmp_path / "jobs.json", tmp_path / "%j"
+    cell = slurm.Cell("bad", tmp_path / "bad", step_cell, (str(tmp_path / "bad"), "three", 0.0))
+    jid = slurm.submit_cells([cell], opts(), logs, state)["bad"]
+    assert slurm.wait([jid], timeout_s=30, poll_s=0.3) == {jid: "FAILED"}
+    assert "TypeError" in slurm.log_path(logs, jid).with_suffix(".err").read_text()
+    assert slurm.cells_to_submit([cell], state, lambda c: False) == [cell]
+
+
 def test_a_forgotten_job_is_judged_by_submitits_result_file(tmp_path):
     logs = tmp_path / "%j"
     assert slurm.job_states(["987654321"], logs) == {"987654321": "GONE"}
@@ -159,18 +169,18 @@ def test_a_forgotten_job_is_judged_by_submitits_result_file(tmp_path):
 def test_bad_options_are_refused_before_anything_is_submitted(tmp_path):
     state, logs = tmp_path / "jobs.json", tmp_path / "%j"
     cell = slurm.Cell("x", tmp_path / "x", step_cell, (str(tmp_path / "x"), 1, 0.0))
-    before = n_jobs()
+    before = job_ids()
     for kw, msg in [({"partition": "nope"}, r"partition: no partition 'nope' on this cluster \(sinfo lists: "),
                     ({"cpus_per_cell": 10_000}, "cpus_per_cell: 10000 CPUs, but partition"),
                     ({"mem_gb": 100_000}, "mem_gb: 100000 GB, but partition"),
                     ({"gpus_per_cell": 1}, "gpus_per_cell: 1 GPUs, but partition .* have 0")]:
         with pytest.raises(slurm.SlurmError, match=msg):
             slurm.submit_cells([cell], opts(**kw), logs, state)
-    assert n_jobs() == before and not state.exists() and not list(tmp_path.iterdir())
+    assert job_ids() <= before and not state.exists() and not list(tmp_path.iterdir())
     # what only sbatch can refuse is a SlurmError too
     with pytest.raises(slurm.SlurmError, match="sbatch refused cell x .*Invalid node name"):
         slurm.submit_cells([cell], opts(sbatch_flags={"nodelist": "no-such-node"}), logs, state)
-    assert n_jobs() == before
+    assert job_ids() <= before
 
     for bad, msg in [({"cpus_per_cell": 0}, r"slurm: cpus_per_cell: expected a whole number >= 1, got 0"),
                      ({"mem_gb": "lots"}, "slurm: mem_gb: expected a number of GB > 0, got 'lots'"),
