@@ -1,26 +1,32 @@
 """GPU benchmark of the paper-scale path with random-weight models of the paper models' exact shapes.
 
-    bash bench/gpu_setup.sh WHEELDIR      # once per fresh machine: bitsandbytes from a carried wheel
-    python3 bench/bench_gpu.py            # Llama-3-8B and Gemma-2-9B, at most --time-budget 420 s
+    bash bench/gpu_smoke.sh WHEELDIR OUTDIR        # first, on a fresh machine (at most 2 minutes, see there)
+    python3 bench/bench_gpu.py --out OUTDIR/gpu.json   # Llama-3-8B and Gemma-2-9B, at most --time-budget 420 s
+    python3 bench/bench_gpu.py --plan              # the steps, their expected seconds on an H100, the disk
 
 Speed and memory do not depend on the weights' values (and the GPU machine cannot download), so each model
-is built from bench/arch/<model>.json with random weights on the GPU in bf16 and saved once (--weights-dir).
-Per model, loaded as the kit loads it (premem_kit.models.load_base_model), and timed through the kit:
-  1. NF4 4-bit + LoRA (as evaluate.py loads a QLoRA checkpoint): inference.sample at batch 128, 1, 64, 16
-     prompts, fixed lengths (min_new_tokens = max_new_tokens), tokens/s and the fraction of the HBM roofline
-     (model bytes x decode steps/s / bandwidth of the GPU, table in bench/cost_estimate.py); then
-     inference.target_nll (teacher-forced perplexity, examples/s);
-  2. the adapter removed, prepared as train.py does, QLoRA optimizer steps through training.build_trainer
-     at the recipe's micro batch (configs/recipes/<model>_gsm8k.yaml), at 256 tokens and max_length, with
-     and without gradient checkpointing: seconds per step, update alone, peak memory;
-  3. bf16: sampling and perplexity again, then full finetuning (lora_r 0, bitsandbytes' paged 8-bit AdamW,
-     gradient checkpointing): step time, peak memory, paged optimizer state, fits in 80 GB or not
-     (--full-dtype fp32: fp32 master weights with bf16 autocast, configs/recipes/fullft_<model>_gsm8k.yaml).
-Out-of-memory is caught and recorded. Each model runs in its own process (paged optimizer memory is never
-freed) with an equal share of the time left; what no longer fits is recorded as skipped, and the JSON is
-rewritten after every measurement. Without CUDA the same code runs with quantization none, fp32 and torch
-AdamW, and says so (tests/test_bench_gpu.py, with bench/arch/tiny_llama.json). The timed calls themselves
-are in bench/gpu_measure.py; this file runs them per model, writes the JSON and prints the table.
+is built from bench/arch/<model>.json with random weights on the GPU in bf16, saved to --weights-dir, and
+deleted once its measurements are done (--keep-weights keeps it). Per model, in its own process, loaded and
+timed through the kit (every call into premem_kit is in bench/kit_api.py):
+  1. NF4 4-bit + LoRA (as evaluate.py loads a QLoRA checkpoint): sampling at batch 128, 1, 64, 16 prompts,
+     fixed lengths (min_new_tokens = max_new_tokens), each batch size warmed up and its prefill timed apart:
+     tokens/s, decode steps/s and the fraction of the HBM roofline (weights streamed per decode step plus the
+     KV cache read, over the decode seconds; bandwidth table in bench/cost_estimate.py); then teacher-forced
+     perplexity (examples/s);
+  2. the adapter removed, prepared as train.py does, QLoRA optimizer steps through the kit's Trainer, each
+     run with its task recipe's micro batch (--qlora-runs; default GSM8K at 256 tokens and MATH at its
+     max_length 2048, with gradient checkpointing, then GSM8K at 256 without): seconds per step, update
+     alone, peak memory;
+  3. bf16 weights loaded straight onto the GPU: sampling and perplexity again, then full finetuning (lora_r
+     0, bitsandbytes' paged 8-bit AdamW, gradient checkpointing): step time, peak memory, the paged optimizer
+     state (measured, and by bitsandbytes' rules), fits in 80 GB or not (--full-dtype fp32: fp32 master
+     weights with bf16 autocast, configs/recipes/fullft_<model>_gsm8k.yaml). The paged state is allocated
+     after PyTorch's cache is emptied, and not at all when it would not fit in the free GPU memory.
+Out-of-memory is caught and recorded, and so is a batch that the kit halved after one. The time budget is
+shared among the models in proportion to their expected seconds (bench/gpu_plan.py); what no longer fits
+is recorded as skipped, and the JSON is rewritten after every measurement. Without CUDA the same code runs
+on bitsandbytes' CPU backend (4-bit weights, the 8-bit AdamW not paged; no memory figures):
+tests/test_bench_gpu.py and bench/gpu_smoke.sh run it so. The timed calls are in bench/gpu_measure.py.
 """
 from __future__ import annotations
 
@@ -28,9 +34,9 @@ import argparse
 import contextlib
 import datetime
 import json
+import os
 import platform
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,57 +46,103 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_measure import (  # noqa: E402  (it also puts the repository root on sys.path)
-    ROOT, SKIPPED, BenchError, cuda, device_info, ensure_weights, free_memory, log, measure_perplexity,
-    measure_sampling, measure_training, mem_gb, model_bytes, read_arch, share, sync, versions, write_json)
+    ROOT, SKIPPED, BenchError, cuda, device_info, ensure_weights, free_memory, host_rss_peak_gb, kit_api,
+    load_context, log, measure_perplexity, measure_sampling, measure_training, mem_gb, model_bytes, read_arch,
+    remove_weights, share, sync, versions, weights_bytes, write_json)
+import gpu_plan  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-RECIPES = {"llama3_8b": "configs/recipes/llama3_8b_gsm8k.yaml", "gemma2_9b": "configs/recipes/gemma2_9b_gsm8k.yaml"}
-DEFAULT_RECIPE = RECIPES["llama3_8b"]  # for other architectures (tiny_llama)
+TASKS = ("gsm8k", "math")
+RECIPES = {m: {t: f"configs/recipes/{m}_{t}.yaml" for t in TASKS} for m in ("llama3_8b", "gemma2_9b")}
+DEFAULT_RECIPES = RECIPES["llama3_8b"]  # for other architectures (tiny_llama)
+TRANSFORMERS_FLOOR = (5, 17)  # the oldest transformers this benchmark and the kit's calls are checked with
 GRACE_S = 40  # a child past its share gets this long to finish its current measurement
+TERM_WAIT_S = 15  # then SIGTERM, and this long before SIGKILL
+KILL_WAIT_S = 10  # after SIGKILL, this long before the child is given up (a process stuck in the driver)
+MIN_SHARE_S = 30  # a model with less time left than this is skipped
+MIN_WAIT_S = 5.0  # a child is given at least this long before its grace period starts
 POPEN = subprocess.Popen  # how a model's child process starts (the test runs it inline)
 
 
-# ----------------------------------------------------------------------------- one model
+# ----------------------------------------------------------------------------- recipes, steps
 
 def recipe_cfg(recipe_path, folder: str, micro_batch=None) -> dict:
-    from premem_kit import config
-
-    cfg = config.load_config(ROOT / recipe_path)
-    cfg.update(model=folder, tokenizer=None, live_premem=False)
+    """A recipe as a dict, pointed at the bench model (the one place a kit config is built: kit_api.recipe)."""
+    cfg = kit_api.recipe(recipe_path, model=folder, tokenizer=None, live_premem=False)
     cfg["micro_batch_size"] = micro_batch or cfg["micro_batch_size"]
     return cfg
 
 
+def recipe_paths(name: str, opts) -> dict:
+    """{task: recipe path} for a model; --recipe for every task."""
+    return {t: opts.recipe for t in TASKS} if opts.recipe else RECIPES.get(name, DEFAULT_RECIPES)
+
+
+def fullft_recipe_path(name: str, opts):
+    """fp32 master weights: configs/recipes/fullft_<model>_gsm8k.yaml when there is one, else None (the GSM8K
+    QLoRA recipe with lora_r 0)."""
+    path = f"configs/recipes/fullft_{name}_gsm8k.yaml"
+    return None if opts.recipe or not (ROOT / path).exists() else path
+
+
+def step_recipes(name: str, opts, folder: str = "-") -> dict:
+    """The recipes gpu_plan.model_steps needs: per task, and "full" for full finetuning."""
+    paths = recipe_paths(name, opts)
+    out = {t: recipe_cfg(p, folder, opts.micro_batch) for t, p in paths.items()}
+    fp = fullft_recipe_path(name, opts) if opts.full_dtype == "fp32" else None
+    out["full"] = recipe_cfg(fp, folder, opts.micro_batch) if fp else out["gsm8k"]
+    return out
+
+
+def row_key(kind: str, r: dict) -> tuple:
+    """A result row's key, as gpu_plan.model_steps names the step that makes it."""
+    return {"sampling": lambda: ("sampling", r["phase"], r["batch"]),
+            "perplexity": lambda: ("perplexity", r["phase"], r["batch_size"]),
+            "qlora": lambda: ("qlora", r["task"], r["seq_len"], r["gradient_checkpointing"]),
+            "full_ft": lambda: ("full_ft", r["seq_len"])}[kind]()
+
+
+def model_plan(names, opts) -> dict:
+    """gpu_plan.plan for these models (their parameters counted on the meta device)."""
+    models = {}
+    for n in names:
+        arch = read_arch(opts.arch_dir, n)
+        models[n] = (arch, arch.get("_params") or weights_bytes(arch, 1), step_recipes(n, opts))
+    return gpu_plan.plan(opts, models)
+
+
+# ----------------------------------------------------------------------------- one model
+
 def bench_model(name: str, opts, deadline: float, save) -> dict:
     """Every measurement of one model; `save(result)` after each."""
-    from premem_kit import models
-
     t_start, gpu = time.time(), cuda()
     arch = read_arch(opts.arch_dir, name)
-    recipe_path = opts.recipe or RECIPES.get(name, DEFAULT_RECIPE)
     res = {"name": name, "arch_file": str(Path(opts.arch_dir) / f"{name}.json"), "build": None, "loads": {},
            "qlora": [], "full_ft": [], "sampling": [], "perplexity": [], "errors": [], "notes": [],
-           "settings": {"quantization_4bit_phase": "4bit" if gpu else "none", "dtype": "bf16" if gpu else "fp32",
-                        "full_ft_optimizer": "paged_adamw_8bit" if gpu else "adamw"}}
+           "settings": {"quantization_4bit_phase": "4bit", "dtype": "bf16", "full_ft_optimizer": "paged_adamw_8bit"}}
 
     def commit():
         res["seconds"] = round(time.time() - t_start, 2)
         save(res)
 
     if not gpu:
-        res["notes"].append("no CUDA: quantization none instead of 4-bit NF4, fp32 instead of bf16, torch AdamW "
-                            "instead of the paged 8-bit AdamW (bitsandbytes needs a GPU here); memory not measured")
+        res["notes"].append("no CUDA: bitsandbytes' CPU backend (4-bit NF4 weights; the 8-bit AdamW state not paged), "
+                            "no bf16 autocast in the Trainer, no memory figures; times are not GPU times")
+    pl = model_plan([name], opts)["models"][name]
     log(f"{name}: building or finding the random-weight model in {opts.weights_dir}")
     res["build"] = ensure_weights(name, arch, opts.weights_dir)
     res["params"] = res["build"]["params"]
     commit()
-    cfg0 = recipe_cfg(recipe_path, res["build"]["folder"], opts.micro_batch)
-    res["recipe"] = {"file": recipe_path, **{k: cfg0[k] for k in (
+    recipes = step_recipes(name, opts, res["build"]["folder"])
+    cfg0 = recipes["gsm8k"]
+    res["recipe"] = {"file": recipe_paths(name, opts)["gsm8k"], **{k: cfg0[k] for k in (
         "micro_batch_size", "batch_size", "max_length", "optimizer", "attn_implementation", "lora_r", "lora_alpha",
         "lora_target_modules", "gradient_checkpointing")}}
-    ctx = {"arch": arch, "cfg0": cfg0, "tok": models.load_tokenizer(res["build"]["folder"]), "commit": commit,
-           "run_root": Path(opts.weights_dir) / "_runs" / name, "res": res, "opts": opts}
-    for phase, fn, end in (("4bit", _phase_4bit, share(0.6, deadline)), ("bf16", _phase_bf16, deadline)):
+    res["plan"] = [{"key": list(k), "expected_h100_s": round(t, 1)} for k, t in pl["steps"]]
+    ctx = {"arch": arch, "cfg0": cfg0, "recipes": recipes, "tok": kit_api.load_tokenizer(res["build"]["folder"]),
+           "commit": commit, "run_root": Path(opts.weights_dir) / "_runs" / name, "res": res, "opts": opts}
+    end_4bit = time.time() + (deadline - time.time()) * pl["phase_4bit_s"] / max(pl["seconds"], 1e-9)
+    for phase, fn, end in (("4bit", _phase_4bit, end_4bit), ("bf16", _phase_bf16, deadline)):
         if phase in opts.skip or time.time() > end - 15:
             res["notes"].append(f"{phase} phase skipped: " + (f"--skip {phase}" if phase in opts.skip else "time budget"))
             continue
@@ -102,6 +154,8 @@ def bench_model(name: str, opts, deadline: float, save) -> dict:
             log(f"{name}: {phase} phase failed: {type(e).__name__}: {str(e)[:300]}")
         free_memory()
         commit()
+    import shutil
+
     shutil.rmtree(ctx["run_root"], ignore_errors=True)
     with contextlib.suppress(OSError):
         ctx["run_root"].parent.rmdir()  # _runs, when empty
@@ -110,17 +164,18 @@ def bench_model(name: str, opts, deadline: float, save) -> dict:
 
 
 def _load(ctx, key: str, cfg: dict, weights: str, lora: bool = False):
-    """models.load_base_model (+ models.add_lora), timed and recorded under res['loads'][key]."""
-    from premem_kit import models
-
+    """The kit's load_base_model (+ add_lora), timed and recorded under res['loads'][key]; unquantized
+    weights go straight to the GPU (gpu_measure.load_context)."""
     free_memory()
     t0 = time.time()
-    model = models.load_base_model(cfg)
-    model = models.add_lora(model, dict(cfg, gradient_checkpointing=False)) if lora else model
+    with load_context(cfg):
+        model = kit_api.load_base_model(cfg)
+    model = kit_api.add_lora(model, dict(cfg, gradient_checkpointing=False)) if lora else model
     sync()
     ld = ctx["res"]["loads"][key] = {"seconds": round(time.time() - t0, 2), "quantization": cfg["quantization"],
                                      "dtype": cfg["dtype"], "weights": weights, "model_bytes": model_bytes(model),
-                                     "allocated_gb": mem_gb("now")}
+                                     "device": str(next(model.parameters()).device), "allocated_gb": mem_gb("now"),
+                                     "host_rss_peak_gb": host_rss_peak_gb()}
     log(f"{ctx['res']['name']}: {weights} load {ld['seconds']} s, {ld['model_bytes'] / 1e9:.2f} GB")
     ctx["commit"]()
     return model
@@ -141,56 +196,40 @@ def _evaluate(ctx, model, phase: str, weights: str, end: float) -> None:
         ctx["commit"]()
 
 
-def _seqs(spec, cfg) -> list[int]:
-    return [cfg["max_length"] if s == "max" else int(s) for s in spec]
+def _seq(spec: str, cfg: dict) -> int:
+    return cfg["max_length"] if spec == "max" else int(spec)
 
 
 def _phase_4bit(ctx, end) -> None:
     """NF4 + LoRA as evaluate.py loads a QLoRA checkpoint: sampling, perplexity; then, the adapter removed
-    and the model prepared as train.py does (load_for_training), QLoRA training runs."""
-    from premem_kit import models
-
+    and the model prepared as train.py does (load_for_training), QLoRA training runs, each with its task's
+    recipe (micro batch, max_length, optimizer, learning rate)."""
     res, opts, st = ctx["res"], ctx["opts"], ctx["res"]["settings"]
-    cfg = dict(ctx["cfg0"], quantization=st["quantization_4bit_phase"], dtype=st["dtype"])
-    weights = ("nf4" if cfg["quantization"] == "4bit" else cfg["dtype"]) + f" + LoRA r{cfg['lora_r']}"
+    q = dict(quantization=st["quantization_4bit_phase"], dtype=st["dtype"])
+    cfg = dict(ctx["cfg0"], **q)
+    weights = f"nf4 + LoRA r{cfg['lora_r']}"
     lora = _load(ctx, "4bit", cfg, weights, lora=True)
     _evaluate(ctx, lora, "4bit", weights, end)
     if "qlora" in opts.skip:
         return
     base = lora.unload()
     del lora
-    if cfg["quantization"] != "none":
-        from peft import prepare_model_for_kbit_training
+    from peft import prepare_model_for_kbit_training
 
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True)
-    model = models.add_lora(base, dict(cfg, gradient_checkpointing=True))
+    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=True)
+    model = kit_api.add_lora(base, dict(cfg, gradient_checkpointing=True))
     model.config.pad_token_id = ctx["tok"].pad_token_id
-    seqs = _seqs(opts.seq_lens, cfg)
-    for s, ck in [(s, True) for s in seqs] + ([] if opts.no_nogc else [(s, False) for s in seqs]):
+    for task, seq, ck in opts.qlora_runs:
+        tcfg = dict(ctx["recipes"][task], **q)
         if ck:
             hf = model.get_base_model()
             (getattr(hf, "activation_checkpointing_enable", None) or hf.gradient_checkpointing_enable)()
-        row, _ = measure_training(dict(cfg, gradient_checkpointing=ck), model, ctx["tok"], ctx["arch"], kind="qlora",
-                                  seq_len=s, grad_ckpt=ck, steps=opts.steps, run_root=ctx["run_root"], deadline=end,
-                                  recipe=res["recipe"])
+        rec = {"file": recipe_paths(res["name"], opts)[task], "task": task, "batch_size": tcfg["batch_size"]}
+        row, _ = measure_training(dict(tcfg, gradient_checkpointing=ck), model, ctx["tok"], ctx["arch"], kind="qlora",
+                                  seq_len=_seq(seq, tcfg), grad_ckpt=ck, steps=opts.steps, run_root=ctx["run_root"],
+                                  deadline=end, recipe=rec)
         res["qlora"].append(dict(row, weights=weights))
         ctx["commit"]()
-
-
-def _fp32_master_cfg(ctx, full_opt):
-    """fp32 weights with bf16 autocast: configs/recipes/fullft_<model>_gsm8k.yaml when there is one (its
-    micro batch, weight decay, ...), else the QLoRA recipe with lora_r 0."""
-    res, opts = ctx["res"], ctx["opts"]
-    path = f"configs/recipes/fullft_{res['name']}_gsm8k.yaml"
-    if opts.recipe or not (ROOT / path).exists():
-        cfg, path = dict(ctx["cfg0"]), res["recipe"]["file"] + " with lora_r 0"
-    else:
-        cfg = recipe_cfg(path, res["build"]["folder"], opts.micro_batch)
-    cfg.update(quantization="none", dtype="fp32", lora_r=0, optimizer=full_opt, gradient_checkpointing=True)
-    if "mixed_precision" in cfg:  # the kit's switch for bf16 compute on fp32 weights
-        cfg["mixed_precision"] = "bf16"
-    keys = ("micro_batch_size", "batch_size", "max_length", "optimizer", "weight_decay", "dtype", "mixed_precision")
-    return cfg, {"file": path, **{k: cfg.get(k) for k in keys}}
 
 
 def _phase_bf16(ctx, end) -> None:
@@ -198,8 +237,9 @@ def _phase_bf16(ctx, end) -> None:
     finetuning, all runs with one (paged) optimizer."""
     res, opts, st = ctx["res"], ctx["opts"], ctx["res"]["settings"]
     cfg = dict(ctx["cfg0"], quantization="none", dtype=st["dtype"])
-    fcfg, recipe, weights = dict(cfg, lora_r=0, optimizer=st["full_ft_optimizer"], gradient_checkpointing=True), \
-        res["recipe"], st["dtype"]
+    fcfg = dict(cfg, lora_r=0, optimizer=st["full_ft_optimizer"], gradient_checkpointing=True)
+    recipe, weights = {"file": res["recipe"]["file"] + " with lora_r 0", "task": "gsm8k",
+                       "batch_size": cfg["batch_size"]}, st["dtype"]
     model = None
     if not {"sample", "ppl"} <= opts.skip or (opts.full_dtype == "bf16" and "full" not in opts.skip):
         model = _load(ctx, "bf16", cfg, st["dtype"])
@@ -208,17 +248,24 @@ def _phase_bf16(ctx, end) -> None:
         return
     if opts.full_dtype == "fp32":  # the authors' regime: fp32 master weights, bf16 autocast; its own load
         del model
-        fcfg, recipe = _fp32_master_cfg(ctx, st["full_ft_optimizer"])
+        fcfg = dict(ctx["recipes"]["full"], quantization="none", dtype="fp32", lora_r=0, optimizer=st["full_ft_optimizer"],
+                    gradient_checkpointing=True)
+        if "mixed_precision" in fcfg:  # the kit's switch for bf16 compute on fp32 weights
+            fcfg["mixed_precision"] = "bf16"
+        path = fullft_recipe_path(res["name"], opts)
+        recipe = {"file": path or res["recipe"]["file"] + " with lora_r 0", "task": "gsm8k",
+                  "batch_size": fcfg["batch_size"]}
+        res["full_ft_recipe"] = dict(recipe, **{k: fcfg.get(k) for k in ("micro_batch_size", "max_length", "optimizer",
+                                                                         "weight_decay", "dtype", "mixed_precision")})
         weights = "fp32 master weights, bf16 autocast" if cuda() else "fp32"
         model = _load(ctx, "fp32", fcfg, weights)
-        res["full_ft_recipe"] = recipe
     model.config.pad_token_id = ctx["tok"].pad_token_id
     opt = None
-    for s in _seqs(opts.full_seq_lens, fcfg):
+    for s in opts.full_seq_lens:
         note = {"note": "reuses the previous run's optimizer and its state"} if opt is not None else {}
-        row, opt = measure_training(fcfg, model, ctx["tok"], ctx["arch"], kind="full_ft", seq_len=s, grad_ckpt=True,
-                                    steps=opts.steps, run_root=ctx["run_root"], deadline=end, recipe=recipe,
-                                    optimizer=opt)
+        row, opt = measure_training(fcfg, model, ctx["tok"], ctx["arch"], kind="full_ft", seq_len=_seq(s, fcfg),
+                                    grad_ckpt=True, steps=opts.steps, run_root=ctx["run_root"], deadline=end,
+                                    recipe=recipe, optimizer=opt)
         res["full_ft"].append(dict(row, weights=weights, **note))
         ctx["commit"]()
 
@@ -230,18 +277,23 @@ def parse_args(argv=None):
     add = ap.add_argument
     add("--models", default="llama3_8b,gemma2_9b", help="comma-separated names of bench/arch/*.json")
     add("--arch-dir", default=str(HERE / "arch"))
-    add("--weights-dir", default="/tmp/premem_bench", help="where the random-weight models are saved (35 GB)")
-    add("--out", help="JSON path (default bench/results/gpu_<gpu-name>_<date>.json)")
+    add("--weights-dir", default="/tmp/premem_bench",
+        help="where a model's random weights are saved while it is measured (Llama3-8B 16.1 GB, Gemma2-9B 18.5 GB)")
+    add("--keep-weights", action="store_true", help="keep each model's weights after its measurements (for a rerun)")
+    add("--out", help="JSON path (default $OUT/gpu_<gpu-name>_<date>.json when OUT is set, else bench/results/...); "
+                      "each model's partial JSON is written beside it while the model runs")
     add("--time-budget", type=float, default=420.0, help="seconds for everything (default 420)")
-    add("--quick", action="store_true", help="batches 64,1; 256 tokens only; no runs without checkpointing; 2 steps; "
-                                             "full finetuning at max_length only")
-    add("--recipe", help="recipe YAML for every model (default configs/recipes/<model>_gsm8k.yaml)")
-    add("--micro-batch", type=int, help="override the recipe's micro_batch_size")
-    add("--seq-lens", help="QLoRA sequence lengths, 'max' = the recipe's max_length (default 256,max)")
-    add("--full-seq-lens", help="full-finetuning sequence lengths (default max,256)")
+    add("--plan", action="store_true", help="print the steps, their expected seconds on an H100 and the disk; "
+                                            "measure nothing")
+    add("--quick", action="store_true", help="batches 64,1; GSM8K QLoRA at 256 tokens only; 2 steps; full finetuning "
+                                             "at max_length only")
+    add("--recipe", help="one recipe YAML for every model and task (default configs/recipes/<model>_<task>.yaml)")
+    add("--micro-batch", type=int, help="override the recipes' micro_batch_size")
+    add("--qlora-runs", help="QLoRA runs, TASK:LENGTH[:nogc] with TASK gsm8k or math (its recipe: micro batch, "
+                             "max_length) and LENGTH a number or max (default gsm8k:256,math:max,gsm8k:256:nogc)")
+    add("--full-seq-lens", help="full-finetuning sequence lengths, max = the recipe's max_length (default max,256)")
     add("--full-dtype", choices=("bf16", "fp32"), default="bf16",
         help="full finetuning with bf16 weights, or fp32 master weights + bf16 autocast (the authors' regime)")
-    add("--no-nogc", action="store_true", help="skip the QLoRA runs without gradient checkpointing")
     add("--steps", type=int, help="optimizer steps per training run, the first not timed (default 3)")
     add("--batches", help="sampling batch sizes, in the order run (default 128,1,64,16)")
     add("--prompt-len", type=int, default=128, help="sampling prompt tokens (default 128)")
@@ -257,19 +309,25 @@ def parse_args(argv=None):
     a = ap.parse_args(argv)
     ints = lambda text: [int(x) for x in text.split(",") if x.strip()]  # noqa: E731
     a.models = [m.strip() for m in a.models.split(",") if m.strip()]
-    a.seq_lens = (a.seq_lens or ("256" if a.quick else "256,max")).split(",")
+    runs = (a.qlora_runs or ("gsm8k:256" if a.quick else "gsm8k:256,math:max,gsm8k:256:nogc")).split(",")
+    a.qlora_runs = []
+    for spec in runs:
+        p = spec.strip().split(":")
+        if len(p) not in (2, 3) or p[0] not in TASKS or not (p[1] == "max" or p[1].isdigit()) or p[2:] not in ([], ["nogc"]):
+            ap.error(f"--qlora-runs: '{spec}' is not TASK:LENGTH[:nogc] (TASK gsm8k or math, LENGTH a number or max)")
+        a.qlora_runs.append((p[0], p[1], p[2:] != ["nogc"]))
     a.full_seq_lens = (a.full_seq_lens or ("max" if a.quick else "max,256")).split(",")
-    a.no_nogc, a.steps = a.no_nogc or a.quick, a.steps or (2 if a.quick else 3)
+    a.steps = a.steps or (2 if a.quick else 3)
     a.batches = ints(a.batches or ("64,1" if a.quick else "128,1,64,16"))
     a.ppl_batches = ints(a.ppl_batches or ("16" if a.quick else "16,64"))
     a.ppl_prompt_len = a.ppl_prompt_len or min(96, a.ppl_seq_len // 2)
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
     if a.skip - {"4bit", "bf16", "sample", "ppl", "qlora", "full"}:
         ap.error(f"--skip: unknown {sorted(a.skip - {'4bit', 'bf16', 'sample', 'ppl', 'qlora', 'full'})}")
-    if any(s != "max" and not s.isdigit() for s in a.seq_lens + a.full_seq_lens):
-        ap.error("sequence lengths: numbers or 'max'")
-    if a.steps < 1 or a.prompt_len < 2 or a.new_tokens < 1 or a.ppl_prompt_len >= a.ppl_seq_len:
-        ap.error("--steps >= 1, --prompt-len >= 2, --new-tokens >= 1, --ppl-prompt-len < --ppl-seq-len")
+    if any(s != "max" and not s.isdigit() for s in a.full_seq_lens):
+        ap.error("--full-seq-lens: numbers or 'max'")
+    if a.steps < 1 or a.prompt_len < 2 or a.new_tokens < 2 or a.ppl_prompt_len >= a.ppl_seq_len:
+        ap.error("--steps >= 1, --prompt-len >= 2, --new-tokens >= 2, --ppl-prompt-len < --ppl-seq-len")
     return a
 
 
@@ -302,17 +360,18 @@ def table(result: dict) -> str:
         tables = [
             (["training", "seq", "micro batch", "grad. ckpt", "s/step", "fwd+bwd s", "update s", "tok/s", "peak GB",
               "+paged GB", "recipe step s", "status"], m.get("qlora", []) + m.get("full_ft", []),
-             lambda r: [f"{r['kind']} {r.get('weights', '')} {r['optimizer']}", r["seq_len"], r["micro_batch"],
+             lambda r: [f"{r['kind']} {r.get('task') or ''} {r.get('weights', '')} {r['optimizer']}", r["seq_len"],
+                        r["micro_batch"],
                         "yes" if r["gradient_checkpointing"] else "no", fmt(r.get("step_s"), ".3f"),
                         fmt(r.get("fwd_bwd_s"), ".3f"), fmt(r.get("update_s"), ".3f"), fmt(r.get("tokens_per_s"), ".0f"),
                         fmt(r.get("peak_allocated_gb"), ".1f"), fmt(r.get("paged_optimizer_state_gb"), ".1f"),
                         fmt(r.get("recipe_optimizer_step_s"), ".1f"), r.get("status", "?") + (
                             f", fits 80 GB: {'yes' if r['fits_80gb'] else 'no'}" if r["kind"] == "full_ft"
                             and "fits_80gb" in r else "")]),
-            (["sampling", "batch", "in/out tokens", "s", "tok/s", "decode steps/s", "roofline", "status"],
+            (["sampling", "batch", "in/out tokens", "s", "prefill s", "tok/s", "decode steps/s", "roofline", "status"],
              sorted(m.get("sampling", []), key=lambda r: (r["phase"], r["batch"])),
              lambda r: [r["weights"], r["batch"], f"{r['prompt_len']}/{r['new_tokens']}", fmt(r.get("seconds")),
-                        fmt(r.get("tokens_per_s"), ".1f"), fmt(r.get("decode_steps_per_s"), ".1f"),
+                        fmt(r.get("prefill_s"), ".3f"), fmt(r.get("tokens_per_s"), ".1f"), fmt(r.get("decode_steps_per_s"), ".1f"),
                         fmt(r.get("roofline_fraction"), ".1%"), r.get("status")]),
             (["perplexity", "batch", "examples x tokens", "s", "examples/s", "tok/s", "status"], m.get("perplexity", []),
              lambda r: [r["weights"], r["batch_size"], f"{r['examples']} x {r['seq_len']}", fmt(r.get("seconds")),
@@ -322,6 +381,21 @@ def table(result: dict) -> str:
         lines += [f"ERROR in {e['phase']} phase: {e['error']}" for e in m.get("errors", [])]
         lines += [f"note: {x}" for x in m.get("notes", [])]
     return "\n".join(lines)
+
+
+def print_plan(opts) -> int:
+    p = model_plan(opts.models, opts)
+    print(f"Expected on one H100 SXM (bench/gpu_plan.py: assumptions, not measurements), with --time-budget "
+          f"{opts.time_budget:.0f} s:")
+    for name, m in p["models"].items():
+        print(f"\n{name}: {m['seconds']:.0f} s; weights on disk {m['disk_bytes'] / 1e9:.1f} GB while it runs")
+        for k, t in m["steps"]:
+            print(f"  {' '.join(str(x) for x in k):<32} {t:7.1f} s")
+    print(f"\ntotal {p['total_s']:.0f} s for {len(p['models'])} model(s) (budget {opts.time_budget:.0f} s); "
+          f"disk at most {p['disk_peak_bytes'] / 1e9:.1f} GB at a time (+ 1 GB kept free)"
+          + ("" if not opts.keep_weights else
+             f"; with --keep-weights {sum(m['disk_bytes'] for m in p['models'].values()) / 1e9:.1f} GB"))
+    return 0
 
 
 def _child_main(a) -> int:
@@ -342,12 +416,13 @@ def _child_main(a) -> int:
 
 
 def _run_child(name, argv, deadline, part: Path, state: dict):
-    """The model in a child process (this script with --child), stopped GRACE_S after its deadline."""
+    """The model in a child process (this script with --child), stopped GRACE_S after its deadline.
+    Returns True when it had to be stopped."""
     part.unlink(missing_ok=True)
     proc = state["proc"] = POPEN([sys.executable, str(Path(__file__).resolve()), *argv, "--child", name,
                                   "--child-out", str(part), "--deadline", f"{deadline:.3f}"])
     try:
-        proc.wait(timeout=max(5.0, deadline - time.time()) + GRACE_S)
+        proc.wait(timeout=max(MIN_WAIT_S, deadline - time.time()) + GRACE_S)
         return False
     except subprocess.TimeoutExpired:
         log(f"{name}: past its share of the budget; stopping it")
@@ -355,13 +430,30 @@ def _run_child(name, argv, deadline, part: Path, state: dict):
         return True
 
 
-def _stop(proc) -> None:
-    proc.terminate()
+def _stop(proc) -> bool:
+    """SIGTERM, then SIGKILL; never waits more than TERM_WAIT_S + KILL_WAIT_S. False: the process is still
+    there after SIGKILL (stuck in the driver) and was given up."""
+    for send, wait in ((proc.terminate, TERM_WAIT_S), (proc.kill, KILL_WAIT_S)):
+        with contextlib.suppress(ProcessLookupError):
+            send()
+        try:
+            proc.wait(timeout=wait)
+            return True
+        except subprocess.TimeoutExpired:
+            pass
+    log(f"child process {getattr(proc, 'pid', '?')} still there {KILL_WAIT_S} s after SIGKILL: given up")
+    return False
+
+
+def _version_note(v: dict):
     try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        have = tuple(int(x) for x in re.findall(r"\d+", v.get("transformers") or "")[:2])
+    except ValueError:
+        return None
+    if have and have < TRANSFORMERS_FLOOR:
+        return (f"transformers {v['transformers']} is older than {'.'.join(map(str, TRANSFORMERS_FLOOR))}, the oldest this "
+                f"benchmark was checked with (bench/version_floor.sh)")
+    return None
 
 
 def main(argv=None) -> int:
@@ -369,48 +461,73 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     if a.child:
         return _child_main(a)
-    t0 = time.time()
     try:
         for m in a.models:
             read_arch(a.arch_dir, m)  # fail early on a bad name
+        if a.plan:
+            return print_plan(a)
+        expected = model_plan(a.models, a)
     except BenchError as e:
         print(f"bench_gpu: {e}", file=sys.stderr)
         return 2
+    t0 = time.time()
     try:
         commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     except OSError:  # no git on the machine
         commit = ""
-    result = {"benchmark": "bench/bench_gpu.py", "schema": 1, "machine": platform.node(),
+    result = {"benchmark": "bench/bench_gpu.py", "schema": 2, "machine": platform.node(),
               "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": None,
               "versions": versions(), "git_commit": commit.strip() or None, "time_budget_s": a.time_budget,
+              "expected_h100_s": {n: round(m["seconds"], 1) for n, m in expected["models"].items()},
               "settings": {k: sorted(v) if isinstance(v, set) else v for k, v in vars(a).items()
                            if k not in ("child", "child_out", "deadline")},
               "models": {}, "stopped_early": False,
               "notes": ["random weights with the architectures in bench/arch (speed and memory do not depend on the "
                         "values)", "sampling: one sample per prompt, all prompts in one generate call, exactly "
-                        "new_tokens generated; roofline_fraction = model_bytes x decode_steps_per_s / bandwidth_Bps"]}
+                        "new_tokens generated; decode_s = the call's seconds - a timed prefill (max_new_tokens 1) at "
+                        "the same batch; roofline_fraction = decode_read_bytes / decode_s / bandwidth_Bps, "
+                        "decode_read_bytes = streamed weights (all but an untied input embedding) x (new_tokens - 1) "
+                        "+ the KV cache read by those steps"]}
+    if note := _version_note(result["versions"]):
+        result["notes"].append(note)
+        log("WARNING: " + note)
+    out_dir = Path(os.environ["OUT"]) if os.environ.get("OUT") and not a.out else HERE / "results"
 
     def out_path():
         gpu = (result["device"] or {}).get("gpu") or ("cpu" if result["device"] else "unknown")
-        return Path(a.out or HERE / "results" / f"gpu_{re.sub(r'[^a-z0-9]+', '-', gpu.lower()).strip('-')}_"
+        return Path(a.out or out_dir / f"gpu_{re.sub(r'[^a-z0-9]+', '-', gpu.lower()).strip('-')}_"
                     f"{result['date'][:10]}.json")
 
-    def flush():
+    written = []
+
+    def flush():  # the default name has the GPU's in it, known after the first model: no stale file is left
         result["elapsed_s"] = round(time.time() - t0, 1)
         write_json(out_path(), result)
+        if written and written[-1] != out_path():
+            written[-1].unlink(missing_ok=True)
+        written[:] = [out_path()]
 
     def merge(name, part, proc):
-        got = json.loads(part.read_text()) if part.exists() else None
+        got = None
+        with contextlib.suppress(OSError, ValueError):
+            got = json.loads(part.read_text())
         part.unlink(missing_ok=True)
         if got:
             result.update(device=result["device"] or got["device"], versions=got["versions"])
+        code = proc.returncode if proc is not None else None
         m = result["models"][name] = got["result"] if got else {"name": name, "errors": [
-            {"phase": "process", "error": f"exit code {proc.returncode}, no result"}]}
+            {"phase": "process", "error": f"exit code {code}, no result"}]}
+        if code not in (0, None) and got:
+            m.setdefault("notes", []).append(f"its process ended with exit code {code}")
         result["stopped_early"] |= any(r.get("status") == SKIPPED for k in ("qlora", "full_ft", "sampling", "perplexity")
                                        for r in m.get(k, [])) or any("time budget" in x for x in m.get("notes", []))
 
+    def clean_up(name):
+        if not a.keep_weights and remove_weights(name, a.weights_dir):
+            log(f"{name}: weights deleted from {a.weights_dir}")
+
     if not result["versions"]["bitsandbytes"]:
-        log("WARNING: bitsandbytes is not installed: on a GPU, 4-bit loading and the paged 8-bit AdamW will fail "
+        log("WARNING: bitsandbytes is not installed: 4-bit loading and the paged 8-bit AdamW will fail "
             "(run bash bench/gpu_setup.sh WHEELDIR first)")
 
     def on_term(signum, frame):  # a kill from outside: stop the child, keep what was measured
@@ -418,18 +535,22 @@ def main(argv=None) -> int:
 
     old_term = signal.signal(signal.SIGTERM, on_term)
     state, rc = {"proc": None}, 0
+    flush()
     try:
         for i, name in enumerate(a.models):
             left = t0 + a.time_budget - time.time()
-            if left < 30:
+            weight = expected["models"][name]["seconds"] / sum(expected["models"][n]["seconds"] for n in a.models[i:])
+            if left * weight < MIN_SHARE_S:
                 result["models"][name] = {"name": name, "notes": ["skipped: time budget"]}
                 result["stopped_early"] = True
                 continue
-            d = time.time() + left / (len(a.models) - i)
+            d = time.time() + left * weight
             log(f"{name}: {d - time.time():.0f} s of the {a.time_budget:.0f} s budget")
-            state.update(name=name, part=(part := Path(a.weights_dir) / f"_part_{name}.json"))
+            part = out_path().parent / f"bench_gpu_{name}.part.json"
+            state.update(name=name, part=part)
             result["stopped_early"] |= _run_child(name, argv, d, part, state)
             merge(name, part, state.pop("proc"))
+            clean_up(name)
             flush()
     except KeyboardInterrupt:
         log("interrupted: stopping, writing what was measured")
@@ -437,6 +558,7 @@ def main(argv=None) -> int:
             if state["proc"].poll() is None:
                 _stop(state["proc"])
             merge(state["name"], state["part"], state["proc"])
+            clean_up(state["name"])
         result["stopped_early"], rc = True, 130
     finally:
         signal.signal(signal.SIGTERM, old_term)

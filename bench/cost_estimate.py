@@ -16,9 +16,11 @@ Tokens per example come from characters / 4 over ../shared/data/gsm8k (GSM8K: 13
 --grids adds the sum over each paper grid (grids/*.yaml; Gemma2-9B scaled by parameters, 9.24 / 8.03).
 
 With --measured JSON (written by bench/bench_gpu.py on a GPU), per model in it (llama3_8b, gemma2_9b):
-training = examples x epochs / the QLoRA examples/s measured with gradient checkpointing at the recipe's
-micro batch, at 256 tokens for GSM8K (a micro batch of GSM8K examples is padded to its longest, ~230
-tokens) and at 1024 tokens for MATH; evaluation per checkpoint = generated tokens / the 4-bit + LoRA
+training = examples x epochs / the QLoRA examples/s measured with gradient checkpointing with the task's
+recipe (configs/recipes/<model>_<task>.yaml: its micro batch, optimizer, learning rate), at 256 tokens for
+GSM8K (a micro batch of GSM8K examples is padded to its longest, ~230 tokens) and at the MATH recipes'
+max_length, 2,048 tokens at micro batch 4, for MATH (every micro batch padded to max_length: an upper bound,
+since a MATH micro batch is padded only to its longest example); evaluation per checkpoint = generated tokens / the 4-bit + LoRA
 sampling tokens/s at the largest batch measured, plus prompt-and-target tokens / the 4-bit perplexity
 tokens/s. Figures for the GPU it ran on are marked m (measured there); other GPUs are scaled from it
 (training by dense bf16 peak, evaluation by memory bandwidth) and marked e, as is any part that was not
@@ -60,7 +62,7 @@ TASKS = {  # train examples, test examples, tokens per train example, generated 
 }
 RUNS = [(1, "full"), (3, "full"), (6, "full"), (6, "half"), (12, "quarter")]
 FRAC = {"full": 1.0, "half": 0.5, "quarter": 0.25}
-TRAIN_SEQ = {"gsm8k": 256, "math": 1024}  # padded micro-batch length whose measured step time is used
+TRAIN_SEQ = {"gsm8k": 256, "math": 2048}  # padded micro-batch length whose measured step time is used
 BENCH_MODELS = {"llama3_8b": "llama3-8b", "gemma2_9b": "gemma2-9b"}  # bench_gpu name -> grids' model_name
 PARAMS_B = {"llama3-8b": 8.03, "gemma2-9b": 9.24}
 
@@ -108,7 +110,7 @@ def measured_rates(m: dict) -> dict:
     out = {"train": {}, "gen": None, "ppl": None}
     for task, seq in TRAIN_SEQ.items():
         rows = [r for r in m.get("qlora", []) if ok(r) and r.get("gradient_checkpointing") and r.get("seq_len") == seq
-                and r.get("examples_per_s")]
+                and r.get("task", task) == task and r.get("examples_per_s")]  # rows before schema 2 had no task
         if rows:
             out["train"][task] = rows[0]
     s = [r for r in m.get("sampling", []) if ok(r) and r.get("phase") == "4bit" and r.get("tokens_per_s")]

@@ -1,8 +1,10 @@
 """The measurements of bench/bench_gpu.py (which runs them per model and writes the JSON): helpers,
 the random-weight models (architecture JSON -> config, built once and saved with a word-level tokenizer),
-and timed calls of the kit's sampling, perplexity and Trainer, each returning rows for the JSON."""
+the arithmetic the rows are judged by (roofline traffic, bitsandbytes optimizer state), and timed calls of
+the kit's sampling, perplexity and Trainer (through bench/kit_api.py), each returning rows for the JSON."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -18,20 +20,30 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-for _p in (str(ROOT), str(HERE)):  # premem_kit; cost_estimate (the GPU table, no third-party imports)
+for _p in (str(ROOT), str(HERE)):  # premem_kit; cost_estimate (the GPU table), kit_api
     if _p not in sys.path:
         sys.path.insert(0, _p)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything is local; never wait on the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import cost_estimate  # noqa: E402
+import kit_api  # noqa: E402  (every call into premem_kit)
 
 FITS_80GB_BYTES = 78.5 * 2 ** 30  # an "80 GB" card shows 79.2 GiB to CUDA, ~0.7 GiB of it for the context
 SKIPPED = "skipped: time budget"
+PAGED_MIN_NUMEL = 100_000  # bitsandbytes pages the state of tensors this large (get_state_buffer), no smaller
+MIN_8BIT_NUMEL = 4096  # bitsandbytes' min_8bit_size: smaller tensors get 32-bit state
+PAGED_MARGIN_BYTES = 2 * 2 ** 30  # free memory left over when the paged state is first allocated
+WARMUP_NEW_TOKENS = 4  # untimed generate before each timed batch: its prefill and decode shapes
 
 
 class BenchError(RuntimeError):
     pass
+
+
+class WouldOversubscribe(BenchError):
+    """The paged optimizer state would not fit in the GPU memory that is free: asking CUDA for more managed
+    memory than the card has free can hang the GPU, so the run stops before the first optimizer step."""
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -216,13 +228,30 @@ class Words:
         return " ".join(f"w{i}" for i in ids)
 
 
-def ensure_weights(name: str, arch: dict, weights_dir) -> dict:
-    """Build the random-weight model on the device (bf16 on CUDA, fp32 on CPU) and save it with its
-    tokenizer, once: a folder with a matching bench_build.json is reused."""
+def weights_bytes(arch: dict, dtype_bytes: int = 2) -> int:
+    """Bytes of the model's weights as saved (tied tensors once), counted on the meta device."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    dtype = torch.bfloat16 if cuda() else torch.float32
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(make_config(arch))
+    return sum(p.numel() for p in model.parameters()) * dtype_bytes
+
+
+def disk_free(path) -> int:
+    probe = Path(path).resolve()
+    while not probe.exists():
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def ensure_weights(name: str, arch: dict, weights_dir) -> dict:
+    """Build the random-weight model on the device in bf16 and save it with its tokenizer, once: a folder
+    with a matching bench_build.json is reused. The free disk is checked before anything is built."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16
     folder, partial = Path(weights_dir) / name, Path(weights_dir) / f"{name}.partial"
     sig = hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
     marker = folder / "bench_build.json"
@@ -233,22 +262,20 @@ def ensure_weights(name: str, arch: dict, weights_dir) -> dict:
     elif folder.exists() and any(folder.iterdir()):
         raise BenchError(f"{folder} exists and was not written by bench_gpu.py; pass another --weights-dir")
     shutil.rmtree(partial, ignore_errors=True)
+    nbytes = weights_bytes(arch, torch.finfo(dtype).bits // 8)
+    if (free := disk_free(weights_dir)) < nbytes * 1.02 + 1e9:
+        raise BenchError(f"{weights_dir}: {free / 1e9:.1f} GB free, {name} needs {nbytes / 1e9:.1f} GB + 1 GB")
     t0 = time.time()
     with torch.device("cuda" if cuda() else "cpu"):
         model = AutoModelForCausalLM.from_config(make_config(arch), dtype=dtype)
     sync()
     t_init = time.time() - t0
-    nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    probe = Path(weights_dir)
-    while not probe.exists():
-        probe = probe.parent
-    if (free := shutil.disk_usage(probe).free) < nbytes * 1.05 + 2e9:
-        raise BenchError(f"{probe}: {free / 1e9:.1f} GB free, {name} needs {nbytes / 1e9:.1f} GB")
     t1 = time.time()
     model.save_pretrained(partial, max_shard_size="4GB")
     build_tokenizer(arch).save_pretrained(partial)
     info = {"arch_sha": sig, "dtype": str(dtype), "params": sum(p.numel() for p in model.parameters()),
-            "bytes": nbytes, "init_s": round(t_init, 2), "save_s": round(time.time() - t1, 2),
+            "bytes": sum(p.numel() * p.element_size() for p in model.parameters()), "init_s": round(t_init, 2),
+            "save_s": round(time.time() - t1, 2), "disk_free_before_gb": round(free / 1e9, 2),
             "built": time.strftime("%Y-%m-%d %H:%M:%S")}
     del model
     free_memory()
@@ -256,6 +283,36 @@ def ensure_weights(name: str, arch: dict, weights_dir) -> dict:
     shutil.rmtree(folder, ignore_errors=True)  # an older build of ours (it had a bench_build.json)
     os.replace(partial, folder)
     return dict(info, cached=False, folder=str(folder))
+
+
+def remove_weights(name: str, weights_dir) -> bool:
+    """Delete a model's weights folder (and a partial build), and the weights folder itself once empty."""
+    found = False
+    for p in (Path(weights_dir) / name, Path(weights_dir) / f"{name}.partial"):
+        if p.exists():
+            shutil.rmtree(p)
+            found = True
+    with contextlib.suppress(OSError):
+        Path(weights_dir).rmdir()
+    return found
+
+
+def host_rss_peak_gb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)
+
+
+def load_context(cfg: dict):
+    """Where the kit's load_base_model builds unquantized weights: on the GPU. transformers takes an active
+    torch.device context as the device_map, so the weights go straight to the GPU instead of 16-37 GB
+    through host memory and a .to('cuda') afterwards (what the kit does without a device_map)."""
+    import torch
+
+    if cuda() and cfg["quantization"] == "none":
+        return torch.device("cuda", torch.cuda.current_device())
+    return contextlib.nullcontext()
 
 
 def model_bytes(model) -> int:
@@ -271,26 +328,127 @@ def model_bytes(model) -> int:
     return total
 
 
+def hf_model(model):
+    """The transformers model under a PEFT wrapper."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+# ----------------------------------------------------------------------------- arithmetic the rows are judged by
+
+def kv_bytes_per_token(arch: dict, elem_bytes: int) -> int:
+    """K and V of one position in every layer."""
+    head = arch.get("head_dim") or arch["hidden_size"] // arch["num_attention_heads"]
+    kv_heads = arch.get("num_key_value_heads") or arch["num_attention_heads"]
+    return 2 * arch["num_hidden_layers"] * kv_heads * head * elem_bytes
+
+
+def decode_traffic(*, weight_bytes: int, embed_bytes: int, tied: bool, kv_per_token: int, batch: int,
+                   prompt_len: int, new_tokens: int) -> dict:
+    """Bytes the decode steps of one generate call must read from memory, the prefill excluded. The prefill
+    makes the first new token; each of the other new_tokens - 1 steps reads every weight once, except an
+    input embedding that is not also the output layer (only `batch` rows of it are looked up), and the KV
+    cache of every position so far: step j (1 .. new_tokens - 1) attends over prompt_len + j positions.
+    (The contexts here, a few hundred tokens, are shorter than any sliding window.)"""
+    steps = new_tokens - 1
+    streamed = weight_bytes - (0 if tied else embed_bytes)
+    positions = steps * prompt_len + steps * (steps + 1) // 2
+    kv = kv_per_token * batch * positions
+    return {"decode_steps": steps, "streamed_weight_bytes": streamed, "kv_read_bytes": kv,
+            "decode_read_bytes": streamed * steps + kv}
+
+
+def roofline_fraction(read_bytes: float, decode_s, bandwidth):
+    """The share of the memory bandwidth the decode steps used: bytes read / seconds / bandwidth."""
+    return read_bytes / decode_s / bandwidth if bandwidth and decode_s and decode_s > 0 else None
+
+
+def embedding_info(model) -> tuple[int, bool, int]:
+    """(bytes of the input embedding, whether the output layer is the same tensor, bytes per element)."""
+    hf = hf_model(model)
+    w, out = hf.get_input_embeddings().weight, hf.get_output_embeddings()
+    tied = out is not None and getattr(out, "weight", None) is not None and out.weight.data_ptr() == w.data_ptr()
+    return w.numel() * w.element_size(), tied, w.element_size()
+
+
+def optimizer_state_bytes(model, optimizer: str):
+    """bitsandbytes' 8-bit AdamW state of the trainable parameters, by its rules: two states per tensor,
+    one byte per element each (plus an fp32 absmax per 256-element block) for tensors of at least 4,096
+    elements; four bytes each for smaller tensors and for every nn.Embedding weight (the HF Trainer registers
+    a 32-bit override for embeddings; with tied embeddings that is the output layer too). The two state
+    buffers of a tensor of at least 1e5 elements are paged (CUDA managed memory), the absmax never.
+    Returns {"total", "paged"} in bytes, None for an optimizer other than paged_adamw_8bit."""
+    if optimizer != "paged_adamw_8bit":
+        return None
+    import torch
+
+    emb = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    seen, total, paged = set(), 0, 0
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        n = p.numel()
+        states, absmax = (8 * n, 0) if id(p) in emb or n < MIN_8BIT_NUMEL else (2 * n, 8 * math.ceil(n / 256))
+        total += states + absmax
+        paged += states if n >= PAGED_MIN_NUMEL else 0
+    return {"total": total, "paged": paged}
+
+
+def measured_state_bytes(optimizer) -> dict:
+    """Bytes of an optimizer's state tensors (bitsandbytes' shared quantization maps left out), and of
+    those that are paged."""
+    import torch
+
+    total = paged = 0
+    for st in optimizer.state.values():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and not k.startswith("qmap"):
+                total += v.numel() * v.element_size()
+                paged += v.numel() * v.element_size() if getattr(v, "is_paged", False) else 0
+    return {"total": total, "paged": paged}
+
+
+class ForwardBatches:
+    """Batch sizes of the forward passes that completed, from a hook on the output layer (every forward of
+    sample and target_nll ends there): the kit halves a batch after an out-of-memory and retries, silently,
+    and this tells."""
+
+    def __init__(self, model):
+        self.sizes: list[int] = []
+        self._hook = hf_model(model).get_output_embeddings().register_forward_hook(
+            lambda mod, args, out: self.sizes.append(int(out.shape[0])))
+
+    def close(self):
+        self._hook.remove()
+
+
+def _halved(row: dict, sizes: list[int], expected: list[int]) -> bool:
+    if sizes == expected:
+        return False
+    row.update(status=f"oom: the kit halved the batch and ran at {sorted(set(sizes))}",
+               forward_batches=sorted(set(sizes)))
+    return True
+
+
 # ----------------------------------------------------------------------------- measurements
 
 def measure_sampling(model, tok, arch, *, phase, weights, batches, prompt_len, new_tokens, deadline, bandwidth,
                      seed=0) -> list[dict]:
-    """premem_kit.inference.sample, one sample per prompt, all prompts in one generate call, prompt_len
-    tokens in (with BOS) and exactly new_tokens out; decode steps/s = new_tokens / seconds."""
-    from premem_kit import inference
-
-    gcfg = (model.get_base_model() if hasattr(model, "get_base_model") else model).generation_config
-    nbytes, words, rows, old = model_bytes(model), Words(arch, seed), [], gcfg.min_new_tokens
-    head = arch.get("head_dim") or arch["hidden_size"] // arch["num_attention_heads"]
-    kv_heads = arch.get("num_key_value_heads") or arch["num_attention_heads"]
-    kv_per_token = 2 * arch["num_hidden_layers"] * kv_heads * head * (2 if cuda() else 4)  # K and V, bf16 / fp32
+    """The kit's sampling (kit_api.sample), one sample per prompt, all prompts in one generate call,
+    prompt_len tokens in (with BOS) and exactly new_tokens out (min_new_tokens = max_new_tokens). Per batch
+    size: an untimed warm-up at that batch and prompt length, a timed prefill (one new token), the timed
+    call; decode seconds = call - prefill, and the roofline fraction = decode_traffic / decode seconds /
+    bandwidth."""
+    gcfg = hf_model(model).generation_config
+    nbytes, (embed_bytes, tied, elem) = model_bytes(model), embedding_info(model)
+    kvt, words, rows, old = kv_bytes_per_token(arch, elem), Words(arch, seed), [], gcfg.min_new_tokens
+    watch = ForwardBatches(model)
 
     def run(prompts, n_new):
-        return inference.sample(model, tok, prompts, n=1, max_new_tokens=n_new, batch_size=len(prompts), stop=None,
-                                progress=False, seed=seed)
+        gcfg.min_new_tokens = n_new
+        return kit_api.sample(model, tok, prompts, n=1, max_new_tokens=n_new, batch_size=len(prompts), stop=None,
+                              progress=False, seed=seed)
 
-    run([words.text(prompt_len - 1)] * 2, 2)  # warm-up: kernels, allocator
-    gcfg.min_new_tokens = new_tokens
     try:
         for b in batches:
             rows.append(row := {"phase": phase, "weights": weights, "batch": b, "prompt_len": prompt_len,
@@ -299,51 +457,74 @@ def measure_sampling(model, tok, arch, *, phase, weights, batches, prompt_len, n
                 row["status"] = SKIPPED
                 continue
             prompts = [words.text(prompt_len - 1) for _ in range(b)]
-            if (out := timed(row, lambda: run(prompts, new_tokens))) is None:
+            warm, pre = {}, {}
+            for part, n_new in ((warm, WARMUP_NEW_TOKENS), (pre, 1)):
+                if timed(part, lambda: run(prompts, n_new)) is None:
+                    row.update(status="oom", error=part["error"], peak_allocated_gb=part["peak_allocated_gb"],
+                               stage="warm-up" if part is warm else "prefill")
+                    break
+            if "status" in row:
                 continue
-            steps = new_tokens / row["seconds"]
+            watch.sizes.clear()
+            if (out := timed(row, lambda: run(prompts, new_tokens))) is None or \
+                    _halved(row, watch.sizes, [b] * new_tokens):
+                continue
+            decode_s = row["seconds"] - pre["seconds"]
+            tr = decode_traffic(weight_bytes=nbytes, embed_bytes=embed_bytes, tied=tied, kv_per_token=kvt, batch=b,
+                                prompt_len=prompt_len, new_tokens=new_tokens)
             row.update(tokens=b * new_tokens, counted_tokens=out[1], tokens_per_s=b * new_tokens / row["seconds"],
-                       decode_steps_per_s=steps, model_bytes=nbytes, bandwidth_Bps=bandwidth,
-                       kv_cache_bytes_final=kv_per_token * b * (prompt_len + new_tokens),
-                       roofline_fraction=nbytes * steps / bandwidth if bandwidth else None)
-            log(f"  sampling {weights} batch {b}: {row['tokens_per_s']:.1f} tok/s, {steps:.1f} steps/s"
-                + (f", {row['roofline_fraction']:.1%} of the roofline" if bandwidth else ""))
+                       prefill_s=pre["seconds"], decode_s=decode_s if decode_s > 0 else None,
+                       decode_steps_per_s=tr["decode_steps"] / decode_s if decode_s > 0 else None, model_bytes=nbytes,
+                       embedding_bytes=embed_bytes, tied_embeddings=tied, kv_bytes_per_token=kvt, **tr,
+                       bandwidth_Bps=bandwidth, roofline_fraction=roofline_fraction(tr["decode_read_bytes"], decode_s,
+                                                                                     bandwidth))
+            log(f"  sampling {weights} batch {b}: {row['tokens_per_s']:.1f} tok/s, prefill {pre['seconds']:.3f} s"
+                + (f", {row['roofline_fraction']:.1%} of the roofline" if row["roofline_fraction"] else ""))
     finally:
         gcfg.min_new_tokens = old
+        watch.close()
     return rows
 
 
 def measure_perplexity(model, tok, arch, *, phase, weights, batch_sizes, examples, seq_len, prompt_len, deadline,
                        seed=1) -> list[dict]:
-    """premem_kit.inference.target_nll on `examples` examples of exactly seq_len tokens (prompt_len prompt)."""
-    from premem_kit import inference
-
-    words, rows = Words(arch, seed), []
+    """The kit's teacher-forced perplexity (kit_api.target_nll) on `examples` examples of exactly seq_len
+    tokens (prompt_len prompt); per batch size an untimed warm-up batch first."""
+    words, rows, watch = Words(arch, seed), [], ForwardBatches(model)
     prompts = [words.text(prompt_len - 1) for _ in range(examples)]
     targets = [" " + words.text(seq_len - prompt_len) for _ in range(examples)]
-    inference.target_nll(model, tok, prompts[:2], targets[:2], batch_size=2, progress=False)  # warm-up
-    for bs in batch_sizes:
-        rows.append(row := {"phase": phase, "weights": weights, "batch_size": bs, "examples": examples,
-                            "seq_len": seq_len, "prompt_len": prompt_len})
-        if time.time() > deadline:
-            row["status"] = SKIPPED
-            continue
-        if (out := timed(row, lambda: inference.target_nll(model, tok, prompts, targets, batch_size=bs,
-                                                           progress=False))) is None:
-            continue
-        good = [x for x in out[0] if x == x]
-        row.update(examples_per_s=examples / row["seconds"], tokens_per_s=examples * seq_len / row["seconds"],
-                   target_tokens=sum(out[1]), mean_nll=sum(good) / len(good) if good else None)
-        log(f"  perplexity {weights} batch {bs}: {row['examples_per_s']:.1f} examples/s")
+    try:
+        for bs in batch_sizes:
+            rows.append(row := {"phase": phase, "weights": weights, "batch_size": bs, "examples": examples,
+                                "seq_len": seq_len, "prompt_len": prompt_len})
+            if time.time() > deadline:
+                row["status"] = SKIPPED
+                continue
+            warm = {}
+            if timed(warm, lambda: kit_api.target_nll(model, tok, prompts[:bs], targets[:bs], batch_size=bs,
+                                                      progress=False)) is None:
+                row.update(status="oom", error=warm["error"], stage="warm-up")
+                continue
+            watch.sizes.clear()
+            out = timed(row, lambda: kit_api.target_nll(model, tok, prompts, targets, batch_size=bs, progress=False))
+            if out is None or _halved(row, watch.sizes, [min(bs, examples - i) for i in range(0, examples, bs)]):
+                continue
+            good = [x for x in out[0] if x == x]
+            row.update(examples_per_s=examples / row["seconds"], tokens_per_s=examples * seq_len / row["seconds"],
+                       target_tokens=sum(out[1]), mean_nll=sum(good) / len(good) if good else None)
+            log(f"  perplexity {weights} batch {bs}: {row['examples_per_s']:.1f} examples/s")
+    finally:
+        watch.close()
     return rows
 
 
-def _step_timer(deadline: float, min_steps: int):
+def _step_timer(deadline: float, min_steps: int, before_first_update):
     from transformers import TrainerCallback
 
     class StepTimer(TrainerCallback):
         """Synchronized seconds per optimizer step and of the update alone; stops past the deadline once
-        min_steps are done; never lets the Trainer save."""
+        min_steps are done; never lets the Trainer save; before_first_update(optimizer) before the first
+        optimizer step."""
         steps, updates, t0, t_opt = [], [], 0.0, 0.0
 
         def on_step_begin(self, args, state, control, **kw):
@@ -351,6 +532,8 @@ def _step_timer(deadline: float, min_steps: int):
             self.t0 = time.perf_counter()
 
         def on_pre_optimizer_step(self, args, state, control, **kw):
+            if not self.steps:
+                before_first_update(kw.get("optimizer"))
             sync()
             self.t_opt = time.perf_counter()
 
@@ -371,48 +554,71 @@ def _step_timer(deadline: float, min_steps: int):
     return StepTimer()
 
 
+def paged_guard(row: dict, need_paged: int):
+    """before_first_update for the step timer: when a paged optimizer is about to allocate its state, give
+    PyTorch's cached blocks (the step's activations) back to CUDA first, and refuse, before anything is
+    allocated, when the paged state would not fit in what is then free (with PAGED_MARGIN_BYTES to spare)."""
+    def check(optimizer):
+        opt = getattr(optimizer, "optimizer", optimizer)
+        if not cuda() or not getattr(opt, "is_paged", False) or any(opt.state.values()):
+            return
+        import torch
+
+        free_memory()
+        free = torch.cuda.mem_get_info()[0]
+        row["free_before_paged_state_gb"] = round(free / 1e9, 3)
+        if need_paged + PAGED_MARGIN_BYTES > free:
+            raise WouldOversubscribe(f"paged optimizer state {need_paged / 1e9:.1f} GB + {PAGED_MARGIN_BYTES / 2**30:.0f}"
+                                     f" GiB margin > {free / 1e9:.1f} GB free on the GPU")
+    return check
+
+
 def measure_training(cfg: dict, model, tok, arch, *, kind, seq_len, grad_ckpt, steps, run_root, deadline,
                      recipe: dict, optimizer=None, seed=2):
-    """`steps` optimizer steps of the kit's Trainer at gradient accumulation 1 (micro batch from cfg, every
-    example exactly seq_len tokens). Returns (row, optimizer): a later run reuses a paged optimizer
-    instead of allocating another that is never freed."""
-    import torch
+    """`steps` optimizer steps of the kit's Trainer (kit_api.build_trainer) at gradient accumulation 1
+    (micro batch from cfg, every example exactly seq_len tokens). Returns (row, optimizer): a later run
+    reuses a paged optimizer instead of allocating another that is never freed."""
     from transformers.trainer_callback import ProgressCallback
     from transformers.trainer_utils import SaveStrategy
 
-    from premem_kit import training
-
     mb = cfg["micro_batch_size"]
-    row = {"kind": kind, "seq_len": seq_len, "micro_batch": mb, "gradient_checkpointing": grad_ckpt,
-           "optimizer": cfg["optimizer"], "lora_r": cfg["lora_r"], "attn_implementation": cfg.get("attn_implementation"),
-           "mixed_precision": cfg.get("mixed_precision"), "steps_requested": steps,
-           "recipe_batch_size": recipe["batch_size"], "recipe_accumulation": recipe["batch_size"] // mb}
+    row = {"kind": kind, "task": recipe.get("task"), "seq_len": seq_len, "micro_batch": mb,
+           "gradient_checkpointing": grad_ckpt, "optimizer": cfg["optimizer"], "lora_r": cfg["lora_r"],
+           "attn_implementation": cfg.get("attn_implementation"), "mixed_precision": cfg.get("mixed_precision"),
+           "steps_requested": steps, "recipe": recipe.get("file"), "recipe_batch_size": recipe["batch_size"],
+           "recipe_accumulation": recipe["batch_size"] // mb}
     if time.time() > deadline:
         return dict(row, status=SKIPPED), optimizer
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hf = hf_model(model)
     if not grad_ckpt:
         (getattr(hf, "activation_checkpointing_disable", None) or hf.gradient_checkpointing_disable)()
+    if (expect := optimizer_state_bytes(model, cfg["optimizer"])) is not None:
+        row.update(optimizer_state_expected_gb=expect["total"] / 1e9, paged_state_expected_gb=expect["paged"] / 1e9)
     words, plen = Words(arch, seed), max(2, min(seq_len // 3, seq_len - 1))
     examples = [{"id": f"bench/{i}", "prompt": words.text(plen - 1), "target": " " + words.text(seq_len - plen)}
                 for i in range(mb * steps)]
-    run = Path(run_root) / f"{kind}_{seq_len}_{'gc' if grad_ckpt else 'nogc'}"
+    run = Path(run_root) / f"{kind}_{seq_len}_{mb}_{'gc' if grad_ckpt else 'nogc'}"
     c = dict(cfg, batch_size=mb, gradient_checkpointing=grad_ckpt, num_epochs=1, run_dir=str(run), logging_steps=1,
              max_length=max(cfg["max_length"], seq_len), warmup_steps=0, warmup_ratio=0.0, save_every_steps=None)
-    trainer = training.build_trainer(c, run, examples, tok, model)
+    trainer = kit_api.build_trainer(c, run, examples, tok, model)
     trainer.args.save_strategy = SaveStrategy.NO
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(timer := _step_timer(deadline, min(2, steps)))
+    trainer.add_callback(timer := _step_timer(deadline, min(2, steps), paged_guard(row, (expect or {}).get("paged", 0))))
     trainer.optimizer = optimizer
     free_memory()
     row["allocated_before_gb"] = mem_gb("now")
-    timed(row, trainer.train)
+    try:
+        timed(row, trainer.train)
+    except WouldOversubscribe as e:
+        row.update(status=f"skipped: {e}")
     row["peak_reserved_gb"] = mem_gb("peak_reserved")
     if trainer.optimizer is not None:
         optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-        sizes = [(bool(getattr(v, "is_paged", False)), v.numel() * v.element_size())
-                 for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
-        row.update(optimizer_state_gb=sum(n for p, n in sizes if not p) / 1e9,
-                   paged_optimizer_state_gb=sum(n for p, n in sizes if p) / 1e9)
+        got = measured_state_bytes(optimizer)
+        row.update(optimizer_state_gb=(got["total"] - got["paged"]) / 1e9, paged_optimizer_state_gb=got["paged"] / 1e9,
+                   optimizer_state_total_gb=got["total"] / 1e9)
+        if not any(optimizer.state.values()):
+            optimizer = None  # never stepped: nothing to reuse
     if t := timer.steps:
         step = statistics.median(t[1:] or t)
         upd = statistics.median(timer.updates[1:] or timer.updates) if timer.updates else 0.0
@@ -420,7 +626,7 @@ def measure_training(cfg: dict, model, tok, arch, *, kind, seq_len, grad_ckpt, s
                    fwd_bwd_s=step - upd, tokens_per_s=mb * seq_len / step, examples_per_s=mb / step,
                    recipe_optimizer_step_s=row["recipe_accumulation"] * (step - upd) + upd)
     if cuda():
-        total = row["peak_reserved_gb"] * 1e9 + row.get("paged_optimizer_state_gb", 0) * 1e9
+        total = (row["peak_reserved_gb"] + row.get("paged_optimizer_state_gb", 0)) * 1e9
         row.update(peak_with_paged_gb=total / 1e9, fits_80gb=row["status"] == "ok" and total <= FITS_80GB_BYTES)
     model.zero_grad(set_to_none=True)
     trainer.accelerator.free_memory()
