@@ -60,9 +60,10 @@ def opts(**kw) -> slurm.SlurmOptions:
                                 "setup": [f"export PYTHONPATH={HERE}:$PYTHONPATH"], **kw})
 
 
-def job_ids() -> set:
-    """Every job SLURM knows (ended ones too, for MinJobAge): a submission adds one."""
-    return set(subprocess.run(["squeue", "-h", "--states=all", "-o", "%i"], capture_output=True, text=True).stdout.split())
+def jobs_named(name: str) -> list[str]:
+    """The jobs of that name SLURM knows (ended ones too, for MinJobAge)."""
+    return subprocess.run(["squeue", "-h", "--states=all", "-n", name, "-o", "%i"],
+                          capture_output=True, text=True).stdout.split()
 
 
 def wait_for(pred, timeout_s: float, what: str):
@@ -168,19 +169,19 @@ def test_a_forgotten_job_is_judged_by_submitits_result_file(tmp_path):
 
 def test_bad_options_are_refused_before_anything_is_submitted(tmp_path):
     state, logs = tmp_path / "jobs.json", tmp_path / "%j"
-    cell = slurm.Cell("x", tmp_path / "x", step_cell, (str(tmp_path / "x"), 1, 0.0))
-    before = job_ids()
+    name = f"refused-{os.getpid()}"  # unique: another test run may be submitting at the same time
+    cell = slurm.Cell(name, tmp_path / "x", step_cell, (str(tmp_path / "x"), 1, 0.0))
     for kw, msg in [({"partition": "nope"}, r"partition: no partition 'nope' on this cluster \(sinfo lists: "),
                     ({"cpus_per_cell": 10_000}, "cpus_per_cell: 10000 CPUs, but partition"),
                     ({"mem_gb": 100_000}, "mem_gb: 100000 GB, but partition"),
                     ({"gpus_per_cell": 1}, "gpus_per_cell: 1 GPUs, but partition .* have 0")]:
         with pytest.raises(slurm.SlurmError, match=msg):
             slurm.submit_cells([cell], opts(**kw), logs, state)
-    assert job_ids() <= before and not state.exists() and not list(tmp_path.iterdir())
+    assert jobs_named(name) == [] and not state.exists() and not list(tmp_path.iterdir())
     # what only sbatch can refuse is a SlurmError too
-    with pytest.raises(slurm.SlurmError, match="sbatch refused cell x .*Invalid node name"):
+    with pytest.raises(slurm.SlurmError, match=f"sbatch refused cell {name} .*Invalid node name"):
         slurm.submit_cells([cell], opts(sbatch_flags={"nodelist": "no-such-node"}), logs, state)
-    assert job_ids() <= before
+    assert jobs_named(name) == []
 
     for bad, msg in [({"cpus_per_cell": 0}, r"slurm: cpus_per_cell: expected a whole number >= 1, got 0"),
                      ({"mem_gb": "lots"}, "slurm: mem_gb: expected a number of GB > 0, got 'lots'"),
