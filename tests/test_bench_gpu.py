@@ -1,4 +1,4 @@
-"""bench/bench_gpu.py (with gpu_measure.py, gpu_plan.py, kit_api.py) on CPU with bench/arch/tiny_llama.json:
+"""bench/bench_gpu.py (with gpu_measure.py, gpu_arith.py, gpu_plan.py, kit_api.py) on CPU with bench/arch/tiny_llama.json:
 the GPU benchmark's code path on bitsandbytes' CPU backend (4-bit NF4 weights, the 8-bit AdamW not paged);
 its arithmetic on hand-computed cases (roofline traffic, the paged optimizer state of the paper models);
 the weights deleted after each model; a child that ignores SIGTERM, and a SIGTERM to the whole process
@@ -23,6 +23,7 @@ from conftest import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_gpu  # noqa: E402
 import cost_estimate  # noqa: E402
+import gpu_arith  # noqa: E402
 import gpu_measure  # noqa: E402
 import kit_api  # noqa: E402
 
@@ -98,6 +99,11 @@ def test_cpu_run_records_every_measurement_with_its_settings(cpu_run):
         assert r["lora_r"] == 0 and r["optimizer"] == "paged_adamw_8bit"
         assert r["optimizer_state_total_gb"] == pytest.approx(r["optimizer_state_expected_gb"], abs=1e-12) and r["optimizer_state_total_gb"] > 0
     assert "reuses" in m["full_ft"][1]["note"]
+    # the guard before the paged state's allocation sees the Trainer's optimizer (on CUDA it then checks the
+    # free memory): bitsandbytes' paged AdamW, without state for the first run, with it for the reused one
+    assert [r["first_update_saw"] for r in m["full_ft"]] == [{"optimizer": "AdamW", "paged": True, "state": False},
+                                                             {"optimizer": "AdamW", "paged": True, "state": True}]
+    assert m["qlora"][0]["first_update_saw"] == {"optimizer": "AdamW", "paged": False, "state": False}
     assert {(r["phase"], r["batch"]) for r in m["sampling"]} == {("4bit", 4), ("4bit", 1), ("bf16", 4), ("bf16", 1)}
     for r in m["sampling"]:
         assert r["status"] == "ok" and r["seconds"] > 0 and r["tokens"] == r["batch"] * 6
@@ -226,22 +232,22 @@ def test_roofline_traffic_by_hand():
     batch 2, 3 prompt tokens, 4 new tokens: the prefill makes token 1; decode steps 1..3 attend over 4, 5, 6
     positions and read 900 bytes of weights each: 3 x 900 + 10 x 2 x 15 = 3,000 bytes; in 1.5 s on 1,000
     B/s: 2.0. Tied, the embedding is the output layer and is read: 3,300 bytes."""
-    tr = gpu_measure.decode_traffic(weight_bytes=1000, embed_bytes=100, tied=False, kv_per_token=10, batch=2,
+    tr = gpu_arith.decode_traffic(weight_bytes=1000, embed_bytes=100, tied=False, kv_per_token=10, batch=2,
                                     prompt_len=3, new_tokens=4)
     assert tr == {"decode_steps": 3, "streamed_weight_bytes": 900, "kv_read_bytes": 300, "decode_read_bytes": 3000}
-    assert gpu_measure.roofline_fraction(tr["decode_read_bytes"], 1.5, 1000) == pytest.approx(2.0)
-    assert gpu_measure.decode_traffic(weight_bytes=1000, embed_bytes=100, tied=True, kv_per_token=10, batch=2,
+    assert gpu_arith.roofline_fraction(tr["decode_read_bytes"], 1.5, 1000) == pytest.approx(2.0)
+    assert gpu_arith.decode_traffic(weight_bytes=1000, embed_bytes=100, tied=True, kv_per_token=10, batch=2,
                                       prompt_len=3, new_tokens=4)["decode_read_bytes"] == 3300
-    assert gpu_measure.roofline_fraction(3000, 0.0, 1000) is None and gpu_measure.roofline_fraction(3000, 1.0, None) is None
+    assert gpu_arith.roofline_fraction(3000, 0.0, 1000) is None and gpu_arith.roofline_fraction(3000, 1.0, None) is None
     # Llama3-8B at batch 128, 128 + 128 tokens, bf16 cache: 2 x 32 layers x 8 heads x 128 x 2 bytes = 131,072 per
     # position; 127 steps over 128 + j positions: 127 x 128 + 127 x 128 / 2 = 24,384 positions per sequence
     arch = gpu_measure.read_arch(ARCH, "llama3_8b")
-    assert gpu_measure.kv_bytes_per_token(arch, 2) == 131072
-    llama = gpu_measure.decode_traffic(weight_bytes=5_700_000_000, embed_bytes=128256 * 4096 * 2, tied=False,
+    assert gpu_arith.kv_bytes_per_token(arch, 2) == 131072
+    llama = gpu_arith.decode_traffic(weight_bytes=5_700_000_000, embed_bytes=128256 * 4096 * 2, tied=False,
                                        kv_per_token=131072, batch=128, prompt_len=128, new_tokens=128)
     assert llama["kv_read_bytes"] == 131072 * 128 * 24384  # 409 GB over 127 steps: 3.2 GB per step
     assert llama["streamed_weight_bytes"] == 5_700_000_000 - 1_050_673_152
-    assert gpu_measure.kv_bytes_per_token(gpu_measure.read_arch(ARCH, "gemma2_9b"), 2) == 2 * 42 * 8 * 256 * 2
+    assert gpu_arith.kv_bytes_per_token(gpu_measure.read_arch(ARCH, "gemma2_9b"), 2) == 2 * 42 * 8 * 256 * 2
 
 
 def test_paged_optimizer_state_of_the_paper_models():
@@ -257,9 +263,9 @@ def test_paged_optimizer_state_of_the_paper_models():
     for name, paged in want.items():
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(gpu_measure.make_config(gpu_measure.read_arch(ARCH, name)))
-        got = gpu_measure.optimizer_state_bytes(model, "paged_adamw_8bit")
+        got = gpu_arith.optimizer_state_bytes(model, "paged_adamw_8bit")
         assert got["paged"] == paged
-    assert gpu_measure.optimizer_state_bytes(model, "adamw") is None
+    assert gpu_arith.optimizer_state_bytes(model, "adamw") is None
 
 
 def _ignores_sigterm(cmd):
