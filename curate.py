@@ -34,7 +34,7 @@ fig8     Figure 8: algo1 per strategy (shared round 0), test accuracy vs example
 
 Train on RFT data with train.py unchanged: train_file: FILE.jsonl, train_file_mode: replace (the file
 already holds every original solution), e.g. configs/rft_demo.yaml, configs/recipes/rft_llama3_8b_gsm8k.yaml.
-The library behind it: premem_kit/rft_sampling.py (rft), scaling.py, selection.py, algorithm1.py, fig8.py.
+The library behind it: premem_kit/curation/rft_sampling.py (rft), scaling.py, selection.py, algorithm1.py, fig8.py.
 """
 from __future__ import annotations
 
@@ -43,14 +43,16 @@ import json
 import sys
 from pathlib import Path
 
-from premem_kit import cli
-from premem_kit.curation import COLLECTORS, DEFAULT_T, MEM_THRESHOLD_HELP, SELECT_FROM, STRATEGIES
+from premem_kit.core import cli
+from premem_kit.core import overrides
+from premem_kit.core.config import FIELDS, load_config
+from premem_kit.curation.vocabulary import COLLECTORS, DEFAULT_T, MEM_THRESHOLD_HELP, SELECT_FROM, STRATEGIES
 
 # ----------------------------------------------------------------------------- rft and scaling
 
 
 def cmd_rft(a) -> int:
-    from premem_kit.rft_sampling import RftOptions, make_rft_data
+    from premem_kit.curation.rft_sampling import RftOptions, make_rft_data
 
     report, rpath = make_rft_data(RftOptions(
         sources=a.sources, out=a.out, k=a.k, temperature=a.temperature, top_p=a.top_p,
@@ -67,12 +69,11 @@ def cmd_rft(a) -> int:
 
 
 def cmd_scaling(a) -> int:
-    from premem_kit.scaling import run_scaling
+    from premem_kit.curation.scaling import run_scaling
 
     # "--fractions 1/32 1 key=value": the greedy --fractions list also catches the overrides
-    fractions = [x for x in a.fractions if "=" not in x]
-    overrides = [*(x for x in a.fractions if "=" in x), *a.overrides]
-    res = run_scaling(a.config, overrides, fractions, a.out, draw=not a.no_figures, greedy=not a.sampled)
+    settings = overrides.collect(a, a.overrides, FIELDS)
+    res = run_scaling(a.config, settings, a.fractions, a.out, draw=not a.no_figures, greedy=not a.sampled)
     for p in res["points"]:
         print(f"fraction {p['fraction']:>6} n={p['n_train']:>6} {res['accuracy']} test accuracy "
               f"{p['test_accuracy']:.4f}")
@@ -88,7 +89,7 @@ def cmd_scaling(a) -> int:
 
 
 def collect_options(a):
-    from premem_kit.collectors import CollectOptions
+    from premem_kit.curation.collectors import CollectOptions
 
     names = ("collector", "pool", "pool_size", "rephrase_model", "rephrase_hf", "rpm", "max_retries",
              "rephrase_temperature")
@@ -96,7 +97,7 @@ def collect_options(a):
 
 
 def loop_options(a):
-    from premem_kit.algorithm1 import LoopOptions
+    from premem_kit.curation.algorithm1 import LoopOptions
 
     return LoopOptions(n_new=a.n_new, rounds=a.rounds, t=a.t, mem_threshold=a.mem_threshold,
                        threshold_from=a.threshold_from, fraction=a.fraction, select_from=a.select_from,
@@ -105,7 +106,7 @@ def loop_options(a):
 
 
 def cmd_select(a) -> int:
-    from premem_kit.selection import select_run
+    from premem_kit.curation.selection import select_run
 
     sel = select_run(a.run, a.strategy, a.out, t=a.t, mem_threshold=a.mem_threshold,
                      threshold_from=a.threshold_from, fraction=a.fraction, ifd_scorer=a.ifd_scorer,
@@ -116,7 +117,7 @@ def cmd_select(a) -> int:
 
 
 def cmd_collect(a) -> int:
-    from premem_kit.algorithm1 import collect_for_selection
+    from premem_kit.curation.algorithm1 import collect_for_selection
 
     rows, st = collect_for_selection(a.selection, a.n, a.out, collect_options(a), exclude=a.exclude,
                                      cache=a.cache, seed=a.seed)
@@ -125,10 +126,10 @@ def cmd_collect(a) -> int:
 
 
 def cmd_algo1(a) -> int:
-    from premem_kit.algorithm1 import run_algo1
-    from premem_kit.config import load_config
+    from premem_kit.curation.algorithm1 import run_algo1
 
-    s = run_algo1(load_config(a.config, a.overrides), a.out, a.strategy, loop_options(a))
+    s = run_algo1(load_config(a.config, overrides.collect(a, a.overrides, FIELDS)), a.out, a.strategy,
+                  loop_options(a))
     for r in s["rounds"]:
         print(f"round {r['round']}: n_train {r['n_train']:>6}  test accuracy {r['test_accuracy']:.4f}"
               + (f"  P' {r['selected']}  collected {r['collected']}" if "collected" in r else ""))
@@ -137,11 +138,10 @@ def cmd_algo1(a) -> int:
 
 
 def cmd_fig8(a) -> int:
-    from premem_kit.config import load_config
-    from premem_kit.fig8 import run_fig8_command
+    from premem_kit.curation.fig8 import run_fig8_command
 
-    res = run_fig8_command(load_config(a.config, a.overrides), a.out, a.strategies, loop_options(a),
-                           draw=not a.no_figures)
+    res = run_fig8_command(load_config(a.config, overrides.collect(a, a.overrides, FIELDS)), a.out, a.strategies,
+                           loop_options(a), draw=not a.no_figures)
     for s, pts in res["curves"].items():
         print(f"{s:>9}: " + "  ".join(f"n={p['n_train']} acc={p['test_accuracy']:.4f}" for p in pts))
     r = res["sample_efficiency_ratio"]
@@ -157,8 +157,8 @@ def cmd_fig8(a) -> int:
 
 
 def add_rft_parser(sub):
-    from premem_kit import rft  # its docstring (the filter and dedupe rules) is the command's help
-    from premem_kit.arith import ARITH_CHECKS, DEFAULT_ARITH_CHECK
+    from premem_kit.curation import rft
+    from premem_kit.tasks.arith import ARITH_CHECKS, DEFAULT_ARITH_CHECK
 
     p = sub.add_parser("rft", help="rejection-sampling finetuning data from trained checkpoints",
                        description=rft.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,6 +200,7 @@ def add_scaling_parser(sub):
                        "and fits test accuracy = a * log2(n) + b.")
     p.add_argument("config", help="YAML train config")
     p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    overrides.add_setting_options(p, FIELDS)
     p.add_argument("--fractions", nargs="+", required=True, help="e.g. 1/32 1/16 1/8 1/4 1/2 1")
     p.add_argument("--out", help="parent folder of the runs (default: the config's run_dir)")
     p.add_argument("--sampled", action="store_true",
@@ -260,6 +261,7 @@ def add_collect_parser(sub):
 def _add_loop_opts(p):
     p.add_argument("config", help="YAML train config (the recipe; its subset / max_train_examples give D_train)")
     p.add_argument("overrides", nargs="*", help="key=value overrides")
+    overrides.add_setting_options(p, FIELDS)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--rounds", type=cli.positive_int, default=5, help="rounds n (paper 5; default %(default)s)")
     p.add_argument("--n-new", nargs="+", required=True,
@@ -310,9 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     ap = build_parser()
     a, extra = ap.parse_known_args(argv)
-    # key=value overrides may also follow the options (argparse gives them back as extras)
-    if extra and hasattr(a, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
-        a.overrides, extra = [*a.overrides, *extra], []
+    if hasattr(a, "overrides"):
+        # key=value overrides may follow the options: argparse gives them back as extras, or a list option
+        # before them (--fractions 1/2 1 key=value, --n-new 1 key=value) takes them in
+        for opt in ("fractions", "n_new"):
+            words = getattr(a, opt, None) or []
+            a.overrides += [w for w in words if "=" in w]
+            if words:
+                setattr(a, opt, [w for w in words if "=" not in w])
+        if extra and all("=" in x and not x.startswith("-") for x in extra):
+            a.overrides, extra = [*a.overrides, *extra], []
     if extra:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     cli.setup()

@@ -18,9 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from premem_kit import cli
-from premem_kit.analysis_defaults import (DEFAULT_BINS, DEFAULT_FIG6_EXAMPLES, DEFAULT_FRAGILE_T, DEFAULT_GRAD_BATCHES,
-                                          DEFAULT_GRAD_SEED, DEFAULT_MODEL, DEFAULT_SWEEP)
+from premem_kit.core import cli
+from premem_kit.analysis.defaults import (DEFAULT_BINS, DEFAULT_FIG6_EXAMPLES, DEFAULT_FRAGILE_T,
+                                          DEFAULT_GRAD_BATCHES, DEFAULT_GRAD_SEED, DEFAULT_MODEL, DEFAULT_SWEEP)
 
 THRESHOLD_HELP = """threshold convention:
   memorized <=> perplexity < P <=> log(log(perplexity)) < X, with P = exp(exp(X)), X = log(log(P)).
@@ -47,7 +47,7 @@ ROBUSTNESS_DOC = """Robustness of a train example's answer to a small change of 
 Needs the run's train records for the prompt variants (original, " First", " We know that" appended
 after "Answer:"), which evaluate.py writes with
 
-    python evaluate.py RUN --splits train --variants original first we_know_that
+    python evaluate.py RUN --eval_splits train --eval_variants original first we_know_that
 
 What it computes, at one checkpoint m (default: the last one with train records of every variant):
   * PreMemAcc[m, i] of every train example from the *original* records (only they carry the target
@@ -235,8 +235,8 @@ def add_priors(sub) -> None:
 
 
 def analyze(a) -> None:
-    from premem_kit.analysis import analyze as run_analyze
-    from premem_kit.calibration import default_grid
+    from premem_kit.analysis.analyze import analyze as run_analyze
+    from premem_kit.analysis.calibration import default_grid
 
     run_analyze(a.run_dirs, a.out, threshold_loglog=a.threshold, threshold_ppl=a.threshold_ppl,
                 calibrate_on=a.calibrate_on, grid=default_grid(a.sweep_min, a.sweep_max, a.sweep_points),
@@ -245,7 +245,7 @@ def analyze(a) -> None:
 
 
 def fetch_published(a) -> None:
-    from premem_kit.download import fetch
+    from premem_kit.analysis.download import fetch
 
     r = fetch(a.out, tasks=a.tasks, samples=None if a.all_samples else a.samples, base_url=a.base_url)
     print(f"fetch-published: {r['files']} files ({r['bytes'] / 1e6:.1f} MB) in {r['out']}: downloaded "
@@ -254,7 +254,7 @@ def fetch_published(a) -> None:
 
 
 def import_published(a) -> None:
-    from premem_kit.published import import_published as run_import
+    from premem_kit.analysis.published import import_published as run_import
 
     run_import(a.src, a.out, model=a.model, force=a.force, samples=None if a.most_samples else a.samples)
 
@@ -264,14 +264,14 @@ def threshold_kwargs(a) -> dict:
 
 
 def robustness(a) -> None:
-    from premem_kit.robustness import run_robustness
+    from premem_kit.analysis.robustness import run_robustness
 
     run_robustness(a.run_dir, a.out, step=a.step, **threshold_kwargs(a), edges=a.bins, n_examples=a.examples,
                    figures=not a.no_figures)
 
 
 def priors(a) -> None:
-    from premem_kit.priors import run_priors
+    from premem_kit.analysis.priors import run_priors
 
     run_priors(a.run_dirs, a.out, atc_reference=a.atc_reference, **threshold_kwargs(a), n_batches=a.grad_batches,
                batch_size=a.grad_batch_size, seed=a.seed, grad_variance=not a.no_grad_variance, force=a.force,

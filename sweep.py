@@ -27,7 +27,7 @@ Several GPUs, two ways:
 
 Timings (seconds of train and evaluate per cell) are appended to RUNS_ROOT/_sweep/timings.jsonl.
 Exit status: 0 when every selected cell is done, 1 when a cell failed, 2 on a bad grid file.
-The library behind it: premem_kit/grid.py (grid files, status) and premem_kit/grid_run.py (running).
+The library behind it: premem_kit/grids/grid.py (grid files, status) and premem_kit/grids/grid_run.py (running).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ import json
 import shlex
 import sys
 
-from premem_kit import cli
+from premem_kit.core import cli
 
 
 def parse_gpus(text: str) -> list[str]:
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_grids() -> int:
-    from premem_kit.grid import ROOT, GridError, list_grids as grid_files, load_grid
+    from premem_kit.grids.grid import ROOT, GridError, list_grids as grid_files, load_grid
 
     for p in grid_files():
         try:
@@ -95,7 +95,7 @@ def show(grid: dict) -> int:
 
 
 def sweep(a) -> int:
-    from premem_kit.grid import grid_status, load_grid, print_status
+    from premem_kit.grids.grid import grid_status, load_grid, print_status
 
     if a.cmd == "list":
         return list_grids()
@@ -106,7 +106,7 @@ def sweep(a) -> int:
         rows = grid_status(grid)
         print(json.dumps(rows, indent=2)) if a.json else print_status(grid, rows)
         return 0
-    from premem_kit.grid_run import run_grid
+    from premem_kit.grids.grid_run import run_grid
 
     launcher = shlex.split(a.launcher) if a.launcher else None
     gpus = a.gpus

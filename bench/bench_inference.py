@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from premem_kit.core.config import DataSettings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: premem_kit
@@ -25,7 +26,7 @@ def naive_sampling(model, tok, prompts, n, max_new_tokens, seed):
     """One generate call per prompt (n return sequences each), no batching across prompts."""
     import torch
 
-    from premem_kit import models
+    from premem_kit.models import loading as models
 
     torch.manual_seed(seed)
     dev = models.model_device(model)
@@ -43,7 +44,8 @@ def naive_perplexity(model, tok, prompts, targets):
     """One forward per example through the model's own loss (logits at every position)."""
     import torch
 
-    from premem_kit import data, models
+    from premem_kit.tasks import data
+    from premem_kit.models import loading as models
 
     dev = models.model_device(model)
     out = []
@@ -70,7 +72,7 @@ def matmul_gflops(n: int = 1024, reps: int = 10) -> float:
 
 def padding_fraction(tok, examples, bs: int) -> float:
     """Padded positions / real positions when the examples are batched longest-first (target_nll's order)."""
-    from premem_kit import data
+    from premem_kit.tasks import data
 
     lens = sorted((len(data.encode(tok, e["prompt"], e["target"])["input_ids"]) for e in examples), reverse=True)
     padded = sum(max(lens[i:i + bs]) * len(lens[i:i + bs]) for i in range(0, len(lens), bs))
@@ -79,7 +81,8 @@ def padding_fraction(tok, examples, bs: int) -> float:
 
 def crossover(model, tok, exs, sizes=(1, 2, 4, 8, 16)) -> None:
     """Perplexity seconds per example by batch size, for the shortest and the longest half of exs."""
-    from premem_kit import data, inference
+    from premem_kit.tasks import data
+    from premem_kit.models import inference
 
     lens = [len(data.encode(tok, e["prompt"], e["target"])["input_ids"]) for e in exs]
     order = sorted(range(len(exs)), key=lambda i: lens[i])
@@ -122,12 +125,14 @@ def main():
     a = ap.parse_args()
     import torch  # after parsing: --help and bad arguments answer at once
 
-    from premem_kit import data, inference, models
+    from premem_kit.tasks import data
+    from premem_kit.models import inference
+    from premem_kit.models import loading as models
 
     cfg = {"model": a.model, "quantization": a.quantization, "dtype": a.dtype, "attn_implementation": None}
     tok = models.load_tokenizer(a.model)
     model = models.load_base_model(cfg).eval()
-    exs = data.load_split("gsm8k", a.data, "test")
+    exs = data.load_split(DataSettings(data=a.data), "test")
     prompts = [e["prompt"] for e in exs[: a.prompts]]
     pe = exs[: a.ppl_examples]
     device = str(models.model_device(model))

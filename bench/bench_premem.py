@@ -26,8 +26,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from premem_kit import files, records, runs  # noqa: E402
-from premem_kit.metric import predicted_test_accuracy  # noqa: E402
+from premem_kit.core import files
+from premem_kit.core import records
+from premem_kit.core import runs
+from premem_kit.metric import predicted_test_accuracy
 
 LRS = [5e-7, 2e-6, 1e-5, 2e-5, 5e-5, 1e-4, 2e-4]
 PLANTED = -2.4

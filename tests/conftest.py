@@ -2,6 +2,8 @@
 local folder, loaded through the same code path as any local model), and the demo data."""
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import sys
 from pathlib import Path
@@ -78,19 +80,16 @@ def demo_data() -> Path:
     return DEMO_DATA
 
 
-def tiny_cfg(model_dir, run_dir, **over) -> dict:
-    """A full config for fast CPU runs on the tiny model."""
-    from premem_kit import config
+def tiny_cfg(model_dir, run_dir, **over):
+    """A full config (a checked Config) for fast CPU runs on the tiny model."""
+    from premem_kit.core import config
 
-    cfg = config.defaults()
-    cfg.update(model=str(model_dir), data=str(DEMO_DATA), run_dir=str(run_dir), quantization="none",
-               max_train_examples=16, batch_size=4, micro_batch_size=2, num_epochs=2, learning_rate=1e-3,
-               warmup_steps=1, max_length=512, lora_r=4, lora_alpha=8, lora_dropout=0.1,
-               eval_samples=2, eval_max_new_tokens=24, eval_batch_size=8,
-               eval_train_examples=8, eval_test_examples=6)
-    cfg.update(over)
-    config.validate(cfg)
-    return cfg
+    tiny = dict(model=str(model_dir), data=str(DEMO_DATA), run_dir=str(run_dir), quantization="none",
+                max_train_examples=16, batch_size=4, micro_batch_size=2, num_epochs=2, learning_rate=1e-3,
+                warmup_steps=1, max_length=512, lora_r=4, lora_alpha=8, lora_dropout=0.1,
+                eval_samples=2, eval_max_new_tokens=24, eval_batch_size=8,
+                eval_train_examples=8, eval_test_examples=6)
+    return config.from_mapping({**tiny, **over}, "tiny_cfg")
 
 
 def record_rows(ids, step, split, accs, ppls=None, *, epoch=None, variant="original", n_samples=4, samples=None):
@@ -118,13 +117,15 @@ def write_synthetic_run(run_dir, steps, acc, ppl, test_acc=None, *, epochs=None,
     import numpy as np
     import yaml
 
-    from premem_kit import files, records, runs
+    from premem_kit.core import files
+    from premem_kit.core import records
+    from premem_kit.core import runs
 
     run_dir = Path(run_dir)
     acc, ppl = np.asarray(acc, float), np.asarray(ppl, float)
     ids = list(ids) if ids is not None else [f"gsm8k/train/{i}" for i in range(acc.shape[1])]
     cfg = dict(task="gsm8k", model="toy", learning_rate=1e-5, num_epochs=3, subset="full", batch_size=8)
-    cfg.update(config or {})
+    cfg.update(config if isinstance(config, dict) else dataclasses.asdict(config) if config else {})
     files.atomic_write_text(runs.config_path(run_dir), yaml.safe_dump(cfg))
     files.atomic_write_json(runs.subset_ids_path(run_dir), ids)
     for k, s in enumerate(steps):

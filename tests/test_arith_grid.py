@@ -12,8 +12,11 @@ import pytest
 import yaml
 
 from conftest import ROOT, tiny_cfg
-from premem_kit import data, records, runs
-from premem_kit.grid import flag_values, fmt_epochs, fmt_lr, load_grid
+from premem_kit.tasks import data
+from premem_kit.core import records
+from premem_kit.core import runs
+from premem_kit.core import config
+from premem_kit.grids.grid import flag_values, fmt_epochs, fmt_lr, load_grid
 
 GRID = ROOT / "grids" / "arith_smollm2.yaml"
 LARGE = ROOT / "grids" / "arith_smollm2_large.yaml"
@@ -25,16 +28,16 @@ GRIDS = {GRID: "8 runs: learning rates 3e-4, 1e-3, 3e-3; 1 to 8 epochs; 32 / 16 
 def readme_sentence(g: dict) -> str:
     """What the README must say about the grid, built from the grid file itself."""
     cfgs = [c["cfg"] for c in g["cells"]]
-    lrs = ", ".join(fmt_lr(x) for x in sorted({c["learning_rate"] for c in cfgs}))
-    epochs = sorted({c["num_epochs"] for c in cfgs})
-    sizes = {c["subset"]: len(data.train_examples(c)) for c in cfgs}
+    lrs = ", ".join(fmt_lr(x) for x in sorted({c.learning_rate for c in cfgs}))
+    epochs = sorted({c.num_epochs for c in cfgs})
+    sizes = {c.subset: len(data.train_examples(c)) for c in cfgs}
     order = [s for s in ("full", "half", "quarter") if s in sizes]
-    (n_train,), (n_test,) = (flag_values(g["evaluate_args"], f, []) for f in ("--train-examples", "--test-examples"))
+    n_train, n_test = cfgs[0].eval_train_examples, cfgs[0].eval_test_examples
     cal = flag_values(g["analyze_args"], "--calibrate-on", [])
     return (f"{len(cfgs)} runs: learning rates {lrs}; {fmt_epochs(epochs[0])} to {fmt_epochs(epochs[-1])} epochs; "
             f"{' / '.join(str(sizes[s]) for s in order)} train examples ({' / '.join(order)}); every epoch "
             f"evaluated on {n_train} train and {n_test} test "
-            f"questions, {cfgs[0]['eval_samples']} samples each; threshold calibrated on {len(cal)} runs, "
+            f"questions, {cfgs[0].eval_samples} samples each; threshold calibrated on {len(cal)} runs, "
             f"R² reported on the other {len(cfgs) - len(cal)}")
 
 
@@ -59,27 +62,27 @@ def test_calibration_runs_are_half_the_cells_and_span_the_regimes(grid):
     assert len(cal) * 2 == len(names)
     # both sides hold a 1-epoch run and a run of 4 or more epochs
     for side in (cal, set(names) - cal):
-        eps = {c["cfg"]["num_epochs"] for c in g["cells"] if c["name"] in side}
+        eps = {c["cfg"].num_epochs for c in g["cells"] if c["name"] in side}
         assert min(eps) == 1 and max(eps) >= 4, (side, eps)
 
 
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)
 def test_subsets_are_nested_prefixes_of_the_arith_train_split(grid):
     g = load_grid(grid)
-    by_size = {c["cfg"]["subset"]: [e["id"] for e in data.train_examples(c["cfg"])] for c in g["cells"]}
+    by_size = {c["cfg"].subset: [e["id"] for e in data.train_examples(c["cfg"])] for c in g["cells"]}
     full = by_size["full"]
     assert len(full) == 2 * len(by_size["half"]) == 4 * len(by_size["quarter"])
     assert full[:len(full) // 2] == by_size["half"] and full[:len(full) // 4] == by_size["quarter"]
-    assert all(c["cfg"]["data"] == "data/arith" for c in g["cells"])
+    assert all(c["cfg"].data == "data/arith" for c in g["cells"])
 
 
 def test_the_grid_runs_through_sweep_and_analyze_on_the_tiny_model(tmp_path, tiny_model):
-    """The shipped grid's common keys and evaluate_args, two of its cells (1 and 4 epochs), data/arith,
+    """The shipped grid's common keys (evaluation keys included), two of its cells (1 and 4 epochs), data/arith,
     with the tiny model as base; a fixed threshold, as a random model's test accuracy cannot calibrate."""
     g = yaml.safe_load(GRID.read_text())
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump(tiny_cfg(tiny_model, tmp_path / "unused", data=str(ROOT / "data" / "arith"),
-                                            max_length=256, eval_max_new_tokens=8)))
+    base.write_text(config.dump(tiny_cfg(tiny_model, tmp_path / "unused", data=str(ROOT / "data" / "arith"),
+                                         max_length=256, eval_max_new_tokens=8)))
     cells = [next(c for c in g["cells"] if (c["num_epochs"], c["subset"]) == key) for key in ((1, "full"), (4, "quarter"))]
     g.update(base=str(base), runs_root=str(tmp_path / "runs"), cells=cells,
              analyze_args=["--threshold", "-2.3"], model_name="tiny")
@@ -93,11 +96,11 @@ def test_the_grid_runs_through_sweep_and_analyze_on_the_tiny_model(tmp_path, tin
     loaded = load_grid(grid_file)
     for c in loaded["cells"]:
         run = c["run_dir"]
-        n_train = {"full": 32, "quarter": 8}[c["cfg"]["subset"]]
+        n_train = {"full": 32, "quarter": 8}[c["cfg"].subset]
         assert len(json.loads((run / "subset_ids.json").read_text())) == n_train
         files = runs.list_records(run)
         steps = sorted({step for step, _, _, _ in files})
-        assert len(steps) == c["cfg"]["num_epochs"]  # every epoch, no base model (eval_base_model: false)
+        assert len(steps) == c["cfg"].num_epochs  # every epoch, no base model (eval_base_model: false)
         assert sorted((split, variant) for _, split, variant, _ in files) == \
             sorted([("test", "original"), ("train", "original")] * len(steps))
         for _, split, _, path in files:

@@ -15,10 +15,17 @@ import yaml
 
 import curate
 from conftest import DEMO_DATA, tiny_cfg, write_synthetic_run
-from premem_kit import algorithm1, chat, collectors, fig8, runs, selection
-from premem_kit import data as data_mod
-from premem_kit.curation import CurationError
-from premem_kit.files import read_jsonl
+from premem_kit.core import config
+from premem_kit.curation import algorithm1
+from premem_kit.curation import chat
+from premem_kit.curation import collectors
+from premem_kit.curation import fig8
+from premem_kit.core import runs
+from premem_kit.curation import selection
+from premem_kit.tasks import data as data_mod
+from premem_kit.curation.vocabulary import CurationError
+from premem_kit.core.files import read_jsonl
+from premem_kit.core.config import DataSettings
 
 # ----------------------------------------------------------------------------- synthetic run
 
@@ -48,7 +55,7 @@ def synthetic_run(tmp_path) -> Path:
 
 def test_premem_and_iid_selection_on_synthetic_records(tmp_path):
     run = synthetic_run(tmp_path)
-    exs = selection.run_train_examples(run)
+    exs = data_mod.run_train_examples(run)
     pm = selection.premem_scores(run, mem_threshold=-2.3)
     assert pm == pytest.approx({"gsm8k/train/0": 1.0, "gsm8k/train/1": 0.0, "gsm8k/train/2": 0.5,
                                 "gsm8k/train/3": 0.75, "gsm8k/train/4": 0.0, "gsm8k/train/5": 0.5,
@@ -103,10 +110,11 @@ def test_heuristic_and_ifd_selection_exact_ids():
 
 
 def test_ifd_scores_are_the_perplexity_ratio_and_cached(tmp_path, tiny_model):
-    from premem_kit import inference, models
+    from premem_kit.models import inference
+    from premem_kit.models import loading as models
 
     cfg = tiny_cfg(tiny_model, tmp_path / "r")
-    exs = data_mod.load_split("gsm8k", str(DEMO_DATA), "train")[:4]
+    exs = data_mod.load_split(DataSettings(data=str(DEMO_DATA)), "train")[:4]
     cache = tmp_path / "ifd.jsonl"
     got = selection.ifd_scores(exs, cfg, None, cache)
     tok = models.load_tokenizer(str(tiny_model))
@@ -148,7 +156,7 @@ def test_pool_collector_never_draws_outside_p_prime_nor_twice():
 
 
 def test_pool_file_and_holdout_pool(tmp_path):
-    split = data_mod.load_split("gsm8k", str(DEMO_DATA), "train")
+    split = data_mod.load_split(DataSettings(data=str(DEMO_DATA)), "train")
     q3 = "  " + split[3]["question"].replace(" ", "   ") + " "
     p = tmp_path / "pool.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in [
@@ -234,7 +242,7 @@ def stub_server(monkeypatch):
 
 
 def test_rephrase_collector_against_local_http_server(tmp_path, stub_server):
-    srcs = data_mod.load_split("gsm8k", str(DEMO_DATA), "train")[:3]
+    srcs = data_mod.load_split(DataSettings(data=str(DEMO_DATA)), "train")[:3]
     stub_server.answers = {e["question"]: e["reference"] for e in srcs}
     stub_server.wrong = {srcs[1]["question"]}
     cache_path = tmp_path / "cache.jsonl"
@@ -281,18 +289,18 @@ def test_rephrase_http_error_is_reported(stub_server, monkeypatch):
 
 
 def test_algorithm1_resumes_at_round_granularity(tmp_path, tiny_model, monkeypatch):
-    from premem_kit.training import run_training
+    from premem_kit.training.trainer import run_training
 
     cfg = tiny_cfg(tiny_model, tmp_path / "unused", max_train_examples=4, batch_size=2, micro_batch_size=2,
                    num_epochs=1, eval_base_model=False, eval_samples=1, eval_max_new_tokens=8,
                    eval_test_examples=2, max_length=256)
     seed = data_mod.train_examples(cfg)
-    split = data_mod.load_split("gsm8k", str(DEMO_DATA), "train")
+    split = data_mod.load_split(DataSettings(data=str(DEMO_DATA)), "train")
     pool = collectors.holdout_pool(split, [e["id"] for e in seed], "gsm8k", size=30)
     trained = []
 
     def train_fn(c):
-        trained.append((c["run_dir"], (Path(c["run_dir"]) / "train_summary.json").exists()))
+        trained.append((c.run_dir, (Path(c.run_dir) / "train_summary.json").exists()))
         return run_training(c)
 
     real_collect = collectors.pool_collect
@@ -305,17 +313,18 @@ def test_algorithm1_resumes_at_round_granularity(tmp_path, tiny_model, monkeypat
         return real_collect(*a, **k)
 
     out = tmp_path / "algo1"
-    kw = dict(strategy="premem", rounds=1, n_new=2, pool=pool, pool_name="holdout", seed_examples=seed)
+    src = algorithm1.Sources(pool=pool, pool_name="holdout", seed_examples=seed, train_fn=train_fn)
+    kw = dict(strategy="premem", rounds=1, n_new=2, sources=src)
     monkeypatch.setattr(collectors, "pool_collect", failing_collect)
     with pytest.raises(KeyboardInterrupt):  # round 0 interrupted after training and evaluation
-        algorithm1.run_algorithm1(cfg, out, train_fn=train_fn, **kw)
+        algorithm1.run_algorithm1(cfg, out, **kw)
     assert (out / "round-0" / "run" / "train_summary.json").exists()
     assert not (out / "round-0" / "done.json").exists() and not (out / "round-1").exists()
     monkeypatch.setattr(collectors, "pool_collect", real_collect)
     summary0 = (out / "round-0" / "run" / "train_summary.json").stat().st_mtime_ns
     records0 = sorted(p.name for p in (out / "round-0" / "run" / "records").iterdir())
     trained.clear()
-    s = algorithm1.run_algorithm1(cfg, out, train_fn=train_fn, **kw)
+    s = algorithm1.run_algorithm1(cfg, out, **kw)
     # round 0's finished training and records are reused, not redone; round 1 trains
     assert [(Path(r).parent.name, done) for r, done in trained] == [("round-0", True), ("round-1", False)]
     assert (out / "round-0" / "run" / "train_summary.json").stat().st_mtime_ns == summary0
@@ -331,10 +340,10 @@ def test_algorithm1_resumes_at_round_granularity(tmp_path, tiny_model, monkeypat
     assert len(json.loads((out / "round-1" / "run" / "subset_ids.json").read_text())) == 6
     # a third run skips every done round whole; other settings in the same folder are an error
     trained.clear()
-    assert algorithm1.run_algorithm1(cfg, out, train_fn=train_fn, **kw)["rounds"] == s["rounds"]
+    assert algorithm1.run_algorithm1(cfg, out, **kw)["rounds"] == s["rounds"]
     assert trained == []
     with pytest.raises(CurationError, match=r"n_new: \[2\] -> \[3\]"):
-        algorithm1.run_algorithm1(cfg, out, train_fn=train_fn, **{**kw, "n_new": 3})
+        algorithm1.run_algorithm1(cfg, out, **{**kw, "n_new": 3})
 
 
 # ----------------------------------------------------------------------------- Figure 8 ratio
@@ -375,7 +384,7 @@ def test_cli_bad_input_names_the_problem(tmp_path, capsys):
     assert not out.exists()
     # a bad --n-new fails before anything trains; key=value overrides may follow the options
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(yaml.safe_dump(tiny_cfg("unused-model", tmp_path / "r", max_train_examples=8)))
+    recipe.write_text(config.dump(tiny_cfg("unused-model", tmp_path / "r", max_train_examples=8)))
     assert curate.main(["algo1", str(recipe), "--out", str(tmp_path / "a1"), "--n-new", "two", "--pool", "holdout",
                         "seed=3"]) == 2
     assert "curate.py algo1: error: --n-new value 'two'" in capsys.readouterr().err
@@ -423,14 +432,14 @@ def fake_train_fn(calls, curated_acc=None):
     train records at steps 1 and 2 (PreMemAcc 0.5 for every other example, 1.0 for the rest; curated_acc
     for the curated rows when given), complete checkpoints and train_summary.json."""
     def train_fn(cfg):
-        from premem_kit.files import atomic_write_json
+        from premem_kit.core.files import atomic_write_json
 
-        calls.append(dict(cfg))
+        calls.append(cfg)
         ids = [e["id"] for e in data_mod.train_examples(cfg)]
         acc = [0.5 if j % 2 == 0 else 1.0 for j in range(len(ids))]
         if curated_acc is not None:
             acc = [curated_acc if i.startswith("curated/") else a for i, a in zip(ids, acc)]
-        run = write_synthetic_run(cfg["run_dir"], [1, 2], [acc, acc], [[2.0] * len(ids)] * 2, ids=ids, config=cfg,
+        run = write_synthetic_run(cfg.run_dir, [1, 2], [acc, acc], [[2.0] * len(ids)] * 2, ids=ids, config=cfg,
                                   complete_checkpoints=True)
         atomic_write_json(runs.summary_path(run), {"examples": len(ids)})
         return {"examples": len(ids)}
@@ -438,7 +447,7 @@ def fake_train_fn(calls, curated_acc=None):
 
 
 def test_ifd_scorer_trains_once_on_the_test_split(tmp_path):
-    from premem_kit.config import ConfigError
+    from premem_kit.core.config import ConfigError
 
     base = tiny_cfg("unused-model", tmp_path / "recipe_run", max_train_examples=8, num_epochs=3)
     calls = []
@@ -446,12 +455,13 @@ def test_ifd_scorer_trains_once_on_the_test_split(tmp_path):
     cfg, ckpt = algorithm1.ensure_ifd_scorer(base, folder, fake_train_fn(calls), epochs=2, n=5)
     # the recipe, trained on the first 5 test examples as its whole train set, for 2 epochs, in its own folder
     assert calls == [cfg]
-    assert {k for k in base if base[k] != cfg[k]} == {"run_dir", "train_file", "num_epochs", "max_train_examples",
+    old, new = config.to_dict(base), config.to_dict(cfg)
+    assert {k for k in old if old[k] != new[k]} == {"run_dir", "train_file", "num_epochs", "max_train_examples",
                                                        "eval_train_examples"}
-    assert cfg["run_dir"] == str(folder / "run") and cfg["num_epochs"] == 2
-    assert cfg["train_file"] == str(folder / "test_as_train.jsonl") and cfg["train_file_mode"] == "replace"
-    assert cfg["max_train_examples"] is None and cfg["eval_train_examples"] is None
-    test = data_mod.load_split("gsm8k", str(DEMO_DATA), "test")[:5]
+    assert cfg.run_dir == str(folder / "run") and cfg.num_epochs == 2
+    assert cfg.train_file == str(folder / "test_as_train.jsonl") and cfg.train_file_mode == "replace"
+    assert cfg.max_train_examples is None and cfg.eval_train_examples is None
+    test = data_mod.load_split(DataSettings(data=str(DEMO_DATA)), "test")[:5]
     assert [r["id"] for r in read_jsonl(folder / "test_as_train.jsonl")] == [f"gsm8k/test/{i}" for i in range(5)]
     trained_on = sorted(data_mod.train_examples(cfg), key=lambda e: e["id"])  # a seeded order
     assert [(e["id"], e["question"], e["solution"]) for e in trained_on] == [
@@ -475,7 +485,7 @@ FIG8_ACC = {"premem": [0.2, 0.4, 0.5], "iid": [0.2, 0.3, 0.45], "heuristic": [0.
 def test_fig8_runner_curves_ratio_and_figure(tmp_path):
     base = tiny_cfg("models/tiny-lm", tmp_path / "recipe_run", max_train_examples=8)
     seed_ids = [e["id"] for e in data_mod.train_examples(base)]
-    pool = collectors.holdout_pool(data_mod.load_split("gsm8k", str(DEMO_DATA), "train"), seed_ids, "gsm8k")
+    pool = collectors.holdout_pool(data_mod.load_split(DataSettings(data=str(DEMO_DATA)), "train"), seed_ids, "gsm8k")
     out = tmp_path / "fig8"
     calls, evals = [], []
 
@@ -485,8 +495,8 @@ def test_fig8_runner_curves_ratio_and_figure(tmp_path):
         k = int(rdir.name.split("-")[1])
         return FIG8_ACC[rdir.parent.name if k else "premem"][k]
 
-    kw = dict(strategies=("premem", "iid", "heuristic"), rounds=2, n_new=["1x"], pool=pool, pool_name="holdout",
-              train_fn=fake_train_fn(calls), eval_fn=eval_fn)
+    kw = dict(strategies=("premem", "iid", "heuristic"), rounds=2, n_new=["1x"],
+              sources=algorithm1.Sources(pool=pool, pool_name="holdout", train_fn=fake_train_fn(calls), eval_fn=eval_fn))
     res = fig8.run_fig8(base, out, **kw)
     assert json.loads((out / "fig8.json").read_text()) == res
     assert res["n_new"] == [8, 8] and res["seed_examples"] == 8
@@ -495,7 +505,7 @@ def test_fig8_runner_curves_ratio_and_figure(tmp_path):
                                     for k, (n, a) in enumerate(zip([8, 16, 24], accs))]
     # round 0 trains once per strategy in the one shared folder (the real train function then returns at
     # once); premem alone asks for train records, and not in its last round
-    assert sorted({c["run_dir"] for c in calls}) == sorted(
+    assert sorted({c.run_dir for c in calls}) == sorted(
         [str(out / "round-0" / "run")] + [str(out / s / f"round-{k}" / "run") for s in FIG8_ACC for k in (1, 2)])
     assert [r for r, tr in evals if tr] == [out / "round-0" / "run", out / "premem" / "round-1" / "run"]
     # the ratio by hand: iid reaches premem's 0.4 (premem at 16 examples) between 16 (0.3) and 24 (0.45),
@@ -529,10 +539,13 @@ def test_algorithm1_chooses_p_prime_among_d_train_only(tmp_path):
     base = tiny_cfg("models/tiny-lm", tmp_path / "recipe_run", max_train_examples=8)
     seed = data_mod.train_examples(base)
     seed_ids = {e["id"] for e in seed}
-    pool = collectors.holdout_pool(data_mod.load_split("gsm8k", str(DEMO_DATA), "train"), list(seed_ids), "gsm8k")
+    pool = collectors.holdout_pool(data_mod.load_split(DataSettings(data=str(DEMO_DATA)), "train"), list(seed_ids), "gsm8k")
     # every curated row scores PreMemAcc 0.0 (< t): selected whenever it is a candidate
-    kw = dict(strategy="premem", rounds=2, n_new=3, pool=pool, pool_name="holdout", seed_examples=seed,
-              train_fn=fake_train_fn([], curated_acc=0.0), eval_fn=lambda run, train_records: 0.5)
+    kw = dict(strategy="premem", rounds=2, n_new=3,
+              sources=algorithm1.Sources(pool=pool, pool_name="holdout", seed_examples=seed,
+                                         train_fn=fake_train_fn([], curated_acc=0.0),
+                                         eval_fn=lambda run, train_records: 0.5))
+    select_all = algorithm1.Selection(select_from="all")
     algorithm1.run_algorithm1(base, tmp_path / "d_train", **kw)
     run1 = tmp_path / "d_train" / "round-1" / "run"
     curated = [i for i in runs.read_train_ids(run1) if i.startswith("curated/")]
@@ -543,7 +556,7 @@ def test_algorithm1_chooses_p_prime_among_d_train_only(tmp_path):
     assert sel["selected"] == [i for i in sel["scores"] if sel["scores"][i] < 0.75]
     assert sel["mem_threshold"] == -2.3
     # select_from "all" (the kit's earlier rule): the same run's curated rows are chosen too
-    algorithm1.run_algorithm1(base, tmp_path / "all", select_from="all", **kw)
+    algorithm1.run_algorithm1(base, tmp_path / "all", selection=select_all, **kw)
     sel_all = json.loads((tmp_path / "all" / "round-1" / "selection.json").read_text())
     assert sel_all["n_examples"] == 11 and {i for i in sel_all["selected"] if i.startswith("curated/")} == {
         i for i in runs.read_train_ids(tmp_path / "all" / "round-1" / "run") if i.startswith("curated/")}
@@ -552,7 +565,7 @@ def test_algorithm1_chooses_p_prime_among_d_train_only(tmp_path):
     old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items() if k != "select_from"}))
     with pytest.raises(CurationError, match="select_from: 'all' -> 'original'"):
         algorithm1.run_algorithm1(base, tmp_path / "all", **kw)
-    algorithm1.run_algorithm1(base, tmp_path / "all", select_from="all", **kw)  # resumes: every round done
+    algorithm1.run_algorithm1(base, tmp_path / "all", selection=select_all, **kw)  # resumes: every round done
 
 
 def test_memorization_threshold_is_the_tasks_unless_given(tmp_path, capsys):
@@ -571,11 +584,10 @@ def test_memorization_threshold_is_the_tasks_unless_given(tmp_path, capsys):
     with pytest.raises(CurationError, match="not both"):
         selection.resolve_mem_threshold("math", -2.5, summary)
     # Algorithm 1 and its command-line options: the task's unless given
-    assert algorithm1.Algorithm1({"task": "math"}, tmp_path, "premem", [1], []).threshold == -1.7
-    assert algorithm1.Algorithm1({"task": "gsm8k"}, tmp_path, "premem", [1], []).threshold == -2.3
-    assert algorithm1.LoopOptions(n_new=[1]).selection_kwargs("math")["mem_threshold"] == -1.7
-    assert algorithm1.LoopOptions(n_new=[1], threshold_from=str(summary)).selection_kwargs("math")[
-        "mem_threshold"] == -1.9
+    assert algorithm1.Algorithm1(config.Config(task="math"), tmp_path, "premem", [1], []).threshold == -1.7
+    assert algorithm1.Algorithm1(config.Config(task="gsm8k"), tmp_path, "premem", [1], []).threshold == -2.3
+    assert algorithm1.LoopOptions(n_new=[1]).selection("math").mem_threshold == -1.7
+    assert algorithm1.LoopOptions(n_new=[1], threshold_from=str(summary)).selection("math").mem_threshold == -1.9
     # curate.py select: GSM8K's -2.3 keeps the example out of P'; --threshold-from -1.9 puts it in
     out = tmp_path / "sel.json"
     base = ["select", str(tmp_path / "gsm8k"), "--strategy", "premem", "--out", str(out)]

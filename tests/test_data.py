@@ -3,12 +3,13 @@ import json
 
 import pytest
 
-from premem_kit import data
+from premem_kit.tasks import data
+from premem_kit.core.config import DataSettings
 from conftest import DEMO_DATA
 
 
 def test_prompt_and_target_are_the_authors_format():
-    ex = data.load_split("gsm8k", str(DEMO_DATA), "train")[0]
+    ex = data.load_split(DataSettings(data=str(DEMO_DATA)), "train")[0]
     row = json.loads((DEMO_DATA / "train.jsonl").read_text().splitlines()[0])
     assert ex["id"] == "gsm8k/train/0"
     assert ex["prompt"] == row["question"] + "\nAnswer:"
@@ -21,7 +22,7 @@ def test_labels_mask_the_prompt_and_learn_done(tiny_model):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
-    ex = data.load_split("gsm8k", str(DEMO_DATA), "train")[3]
+    ex = data.load_split(DataSettings(data=str(DEMO_DATA)), "train")[3]
     enc = data.encode(tok, ex["prompt"], ex["target"])
     n_prompt = len(tok(ex["prompt"])["input_ids"])
     assert enc["labels"][:n_prompt] == [-100] * n_prompt
@@ -68,7 +69,7 @@ def test_train_examples_follow_the_config(tmp_path, tiny_model):
     cfg = tiny_cfg(tiny_model, tmp_path / "r", subset="half", max_train_examples=None)
     exs = data.train_examples(cfg)
     assert len(exs) == 128
-    assert [e["id"] for e in exs] == data.subset_ids([f"gsm8k/train/{i}" for i in range(256)], "half", cfg["seed"])
+    assert [e["id"] for e in exs] == data.subset_ids([f"gsm8k/train/{i}" for i in range(256)], "half", cfg.seed)
 
 
 def test_math_local_files_levels_and_boxed_reference(tmp_path):
@@ -77,7 +78,7 @@ def test_math_local_files_levels_and_boxed_reference(tmp_path):
             {"problem": "set?", "solution": "$\\boxed{\\{1, \\{2\\}\\}}$", "level": "Level 3", "type": "Prealgebra"}]
     for split in ("train", "test"):
         (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    exs = data.load_split("math", str(tmp_path), "train", math_levels=[1, 2, 3])
+    exs = data.load_split(DataSettings(task="math", data=str(tmp_path), math_levels=[1, 2, 3]), "train")
     assert [e["id"] for e in exs] == ["math/train/0", "math/train/2"]
     assert [e["level"] for e in exs] == [1, 3]
     assert exs[0]["reference"] == "2"
@@ -90,23 +91,23 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
     (tmp_path / "train.jsonl").write_text("\n".join(good[:2] + ['{"question": "x", "answer": '] + good[2:]) + "\n")
     (tmp_path / "test.jsonl").write_text(good[0] + "\n")
     with pytest.raises(data.DataError, match=r"train\.jsonl, line 3: not valid JSON"):
-        data.load_split("gsm8k", str(tmp_path), "train")
+        data.load_split(DataSettings(data=str(tmp_path)), "train")
     (tmp_path / "train.jsonl").write_text(good[0] + "\n" + '{"question": "no answer"}\n')
     with pytest.raises(data.DataError, match=r"line 2: missing key\(s\) \['answer'\]"):
-        data.load_split("gsm8k", str(tmp_path), "train")
+        data.load_split(DataSettings(data=str(tmp_path)), "train")
 
 
 def test_folder_without_train_jsonl(tmp_path):
     (tmp_path / "test.jsonl").write_text("")
     with pytest.raises(data.DataError, match=r"has no train\.jsonl \(found: \['test\.jsonl'\]\)"):
-        data.load_split("gsm8k", str(tmp_path), "train")
+        data.load_split(DataSettings(data=str(tmp_path)), "train")
 
 
 def test_hub_dataset_offline_says_how_to_use_local_files(monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(data.DataError, match="(?s)cannot be reached .*Point 'data' at a local folder"):
-        data.load_split("gsm8k", "openai/gsm8k", "train")
+        data.load_split(DataSettings(data="openai/gsm8k"), "train")
 
 
 def test_extra_train_file_keeps_provenance(tmp_path):

@@ -9,7 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from premem_kit import download
+from premem_kit.analysis import download
 
 FILES = {  # path in the manifest -> content
     "ckpts/gsm8k_orig_1epochs_full_lr5e-05_bs128/subsample_idxs.npy": bytes(range(256)) * 40,

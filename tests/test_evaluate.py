@@ -10,8 +10,14 @@ import pytest
 import torch
 
 from conftest import ROOT, tiny_cfg
-from premem_kit import data, inference, records, runs, training
-from premem_kit.evaluation import EvalError, EvalOptions, evaluate_run
+from premem_kit.tasks import data
+from premem_kit.models import inference
+from premem_kit.core import records
+from premem_kit.core import runs
+from premem_kit.training import trainer as training
+from premem_kit.core.errors import KitError
+from premem_kit.evaluation.evaluation import EvalError, EvalOptions, evaluate_run
+from premem_kit.core.config import DataSettings
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +33,7 @@ def tiny(tiny_model):
 def exs():
     from conftest import DEMO_DATA
 
-    return data.load_split("gsm8k", str(DEMO_DATA), "train")[:7]
+    return data.load_split(DataSettings(data=str(DEMO_DATA)), "train")[:7]
 
 
 def test_perplexity_equals_hand_computation(tiny, exs):
@@ -78,7 +84,7 @@ def test_stop_string_cut():
 def test_memorized_example_is_generated_and_stops_at_done(tmp_path, tiny_model, exs):
     """Train the tiny model on one example until it has memorized it: greedy decoding then reproduces
     the solution and generation stops at '\\nDone.' long before max_new_tokens."""
-    from premem_kit import models
+    from premem_kit.models import loading as models
 
     cfg = tiny_cfg(tiny_model, tmp_path / "mem", max_train_examples=1, batch_size=1, micro_batch_size=1,
                    num_epochs=150, learning_rate=3e-3, warmup_steps=0, lora_r=0,  # full finetuning
@@ -86,7 +92,7 @@ def test_memorized_example_is_generated_and_stops_at_done(tmp_path, tiny_model, 
     tok, model = models.load_for_training(cfg)
     from conftest import DEMO_DATA
 
-    ex = min(data.load_split("gsm8k", str(DEMO_DATA), "train"), key=lambda e: len(e["solution"]))
+    ex = min(data.load_split(DataSettings(data=str(DEMO_DATA)), "train"), key=lambda e: len(e["solution"]))
     trainer = training.build_trainer(cfg, tmp_path / "mem", [ex], tok, model)
     trainer.args.save_strategy = "no"
     trainer.train()
@@ -130,7 +136,7 @@ def trained_run(tmp_path_factory, tiny_model):
 
 def test_evaluate_writes_every_checkpoint_then_skips_and_resumes(trained_run):
     run = trained_run
-    opts = EvalOptions(variants=["original", "first"], base=True, progress=False)
+    opts = EvalOptions(settings={"eval_variants": ["original", "first"], "eval_base_model": True}, progress=False)
     summary = evaluate_run(run, opts)
     files = runs.list_records(run)
     assert {(s, sp, v) for s, sp, v, _ in files} == {
@@ -156,14 +162,14 @@ def test_evaluate_writes_every_checkpoint_then_skips_and_resumes(trained_run):
     evaluate_run(run, opts)
     assert gone.exists()
     assert all(p.stat().st_mtime_ns == m for p, m in mtimes.items() if p != gone)
-    evaluate_run(run, EvalOptions(variants=["original", "first"], force=True, steps=[8], progress=False))
+    evaluate_run(run, EvalOptions(settings={"eval_variants": ["original", "first"]}, force=True, steps=[8], progress=False))
     changed = [p for p, m in mtimes.items() if p.exists() and p.stat().st_mtime_ns != m and p != gone]
     assert sorted(p.name for p in changed) == sorted(
         f"step-000008.{s}.{v}.parquet" for s in ("train", "test") for v in ("original", "first"))
 
 
 def test_greedy_pass_writes_likelihoods(trained_run):
-    evaluate_run(trained_run, EvalOptions(greedy=True, steps=[8], splits=["train"], progress=False))
+    evaluate_run(trained_run, EvalOptions(greedy=True, steps=[8], settings={"eval_splits": ["train"]}, progress=False))
     g = pd.read_parquet(runs.greedy_path(trained_run, 8, "train"))
     assert len(g) == 8 and g["likelihood"].between(0, 1).all() and g["tokens"].gt(0).all()
     assert set(g["outcome"]) <= set(records.OUTCOMES)
@@ -196,19 +202,20 @@ def test_a_torn_record_is_redone_and_bad_options_write_nothing(trained_run, tmp_
 
     run = tmp_path / "copy"
     shutil.copytree(trained_run, run)
-    evaluate_run(run, EvalOptions(steps=[4], splits=["test"], progress=False))
+    evaluate_run(run, EvalOptions(steps=[4], settings={"eval_splits": ["test"]}, progress=False))
     p = runs.record_path(run, 4, "test")
     good = records.read_records(p)
     p.write_bytes(p.read_bytes()[:100])  # a record cut short (disk full, copied half)
-    evaluate_run(run, EvalOptions(steps=[4], splits=["test"], progress=False))
+    evaluate_run(run, EvalOptions(steps=[4], settings={"eval_splits": ["test"]}, progress=False))
     pd.testing.assert_frame_equal(records.read_records(p), good)  # redone, same seed: same record
     before = sorted(x.name for x in (run / "records").iterdir())
-    for bad, phrase in ((EvalOptions(train_examples=0), "--train-examples must be at least 1"),
-                        (EvalOptions(samples=0), "--samples must be at least 1"),
-                        (EvalOptions(batch_size=0), "--batch-size must be at least 1"),
-                        (EvalOptions(top_p=5.0), "--top-p must be in"),
+    for bad, phrase in ((EvalOptions(settings={"eval_train_examples": 0}), "'eval_train_examples' must be >= 1"),
+                        (EvalOptions(settings={"eval_samples": 0}), "'eval_samples' must be >= 1"),
+                        (EvalOptions(settings={"eval_batch_size": 0}), "'eval_batch_size' must be >= 1"),
+                        (EvalOptions(settings={"eval_top_p": 5.0}), "'eval_top_p' must be > 0 and <= 1"),
+                        (EvalOptions(settings={"learning_rate": 1.0}), "'learning_rate' was fixed when"),
                         (EvalOptions(steps=[99]), "--steps 99 is not a complete checkpoint")):
-        with pytest.raises(EvalError, match=phrase):
+        with pytest.raises(KitError, match=phrase):
             evaluate_run(run, bad)
     assert sorted(x.name for x in (run / "records").iterdir()) == before
 
@@ -216,16 +223,16 @@ def test_a_torn_record_is_redone_and_bad_options_write_nothing(trained_run, tmp_
 def test_a_long_prompt_flags_its_cut_target(tmp_path, tiny_model):
     from transformers import AutoTokenizer
 
-    from premem_kit.evaluation import score_examples
-    from premem_kit import models
+    from premem_kit.evaluation.evaluation import Sampling, score_examples
+    from premem_kit.models import loading as models
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = models.load_base_model(tiny_cfg(tiny_model, tmp_path / "r"))
-    exs = data.load_split("gsm8k", str(data_dir()), "train")[:2]
+    exs = data.load_split(DataSettings(data=str(data_dir())), "train")[:2]
     n_prompt = len(tok(exs[0]["prompt"])["input_ids"])
-    scored = score_examples(model, tok, "gsm8k", exs, [e["prompt"] for e in exs], n=1, temperature=0.8, top_p=0.95,
-                            max_new_tokens=4, batch_size=2, seed=0, perplexity=True, max_length=n_prompt + 3,
-                            progress=False)
+    how = Sampling(task="gsm8k", samples=1, temperature=0.8, top_p=0.95, max_new_tokens=4, batch_size=2, seed=0,
+                   max_length=n_prompt + 3)
+    scored = score_examples(model, tok, exs, [e["prompt"] for e in exs], how, perplexity=True, progress=False)
     assert scored[0].target_cut and scored[0].target_tokens == 3
 
 

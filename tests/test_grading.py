@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from premem_kit import grading  # noqa: E402
+from premem_kit.core import records
+from premem_kit.tasks import grading
 
 DONE = "\nDone."
 
@@ -186,7 +187,7 @@ def test_grade_math_from_a_worker_thread():
 
 
 def test_outcomes_and_unknown_task():
-    assert grading.OUTCOMES == ("correct", "incorrect", "unparseable")
+    assert records.OUTCOMES == ("correct", "incorrect", "unparseable")
     cases = [("gsm8k", gsm("#### 2"), "2"), ("gsm8k", gsm("#### 3"), "2"), ("gsm8k", "x", "2"),
              ("math", boxed("2"), "2"), ("math", boxed("3"), "2"), ("math", "x", "2")]
     got = [grading.grade(task, comp, ref)[1] for task, comp, ref in cases]

@@ -3,7 +3,8 @@
 - no import cycle among the project's modules (imports inside functions count too);
 - library code never imports a top-level script, and a script never imports another script;
 - no private `_name` of one module used from another;
-- every package module sits in a layer of premem_kit/__init__.py and imports only lower layers;
+- every package folder (and metric.py) sits in a layer of premem_kit/__init__.py; a module imports only
+  from its own folder and from folders of lower layers;
 - the metric is numpy only; no file over 600 lines.
 """
 from __future__ import annotations
@@ -23,8 +24,9 @@ MAX_LINES = 600
 
 def project_modules(root: Path) -> dict[str, Path]:
     mods = {p.stem: p for p in root.glob("*.py")}
-    for p in (root / PKG).glob("*.py"):
-        mods[PKG if p.stem == "__init__" else f"{PKG}.{p.stem}"] = p
+    for p in (root / PKG).rglob("*.py"):
+        parts = p.relative_to(root).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
     for p in (root / "bench").glob("*.py"):
         mods[f"bench.{p.stem}"] = p
     return mods
@@ -40,7 +42,8 @@ def imports_of(name: str, path: Path, mods: dict) -> list[tuple[str, list[str]]]
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(p for p in [pkg, base] if p)
+                up = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                base = ".".join(p for p in [".".join(up), base] if p)
             for a in node.names:
                 full = f"{base}.{a.name}"
                 out.append((full, []) if full in mods else (base, [a.name]))
@@ -96,6 +99,7 @@ def private_uses(root: Path, mods: dict) -> list[str]:
 
 
 def declared_layers(root: Path) -> dict[str, int]:
+    """{premem_kit.<folder or top-level module>: layer} from the package docstring."""
     doc = ast.get_docstring(ast.parse((root / PKG / "__init__.py").read_text()))
     layers = {}
     for line in doc.splitlines():
@@ -104,6 +108,11 @@ def declared_layers(root: Path) -> dict[str, int]:
             for mod in m.group(2).split():
                 layers[f"{PKG}.{mod}"] = int(m.group(1))
     return layers
+
+
+def unit_of(module: str) -> str:
+    """The layered unit a module belongs to: premem_kit.core.files -> premem_kit.core."""
+    return ".".join(module.split(".")[:2])
 
 
 def test_no_import_cycle():
@@ -126,10 +135,17 @@ def test_every_module_in_its_layer():
     mods, edges = graph(ROOT)
     layers = declared_layers(ROOT)
     pkg_mods = [m for m in mods if m.startswith(PKG + ".")]
-    assert sorted(m for m in pkg_mods if m not in layers) == [], "add new modules to premem_kit/__init__.py"
-    upward = [f"{m} (layer {layers[m]}) imports {t} (layer {layers[t]})"
-              for m in pkg_mods for t, _ in edges[m] if t in layers and layers[t] >= layers[m]]
+    assert sorted({unit_of(m) for m in pkg_mods} - set(layers)) == [], \
+        "add new folders to the layer list in premem_kit/__init__.py"
+    upward = [f"{m} (layer {layers[unit_of(m)]}) imports {t} (layer {layers[unit_of(t)]})"
+              for m in pkg_mods for t, _ in edges[m]
+              if t.startswith(PKG + ".") and unit_of(t) != unit_of(m) and layers[unit_of(t)] >= layers[unit_of(m)]]
     assert upward == []
+
+
+def test_the_metric_is_a_top_level_module():
+    """The file a student reads first is not buried in a folder."""
+    assert (ROOT / PKG / "metric.py").is_file() and not list((ROOT / PKG).rglob("*/metric.py"))
 
 
 def test_metric_is_numpy_only():
@@ -148,17 +164,21 @@ def test_files_fit_in_a_readers_head():
 
 def test_the_checks_catch_what_they_claim(tmp_path):
     """The checks above on a made-up project that breaks each rule."""
-    (tmp_path / PKG).mkdir()
-    (tmp_path / PKG / "__init__.py").write_text('"""x\n\n    0  a\n    1  b\n"""\n')
+    (tmp_path / PKG / "low").mkdir(parents=True)
+    (tmp_path / PKG / "__init__.py").write_text('"""x\n\n    0  a low\n    1  b\n"""\n')
     (tmp_path / PKG / "a.py").write_text("def f():\n    from . import b\n    return b._hidden\n")
     (tmp_path / PKG / "b.py").write_text("from .a import f\nimport train\n_hidden = 1\n")
+    (tmp_path / PKG / "low" / "__init__.py").write_text("")
+    (tmp_path / PKG / "low" / "c.py").write_text("from ..b import f\nfrom premem_kit.a import f\n")
     (tmp_path / "train.py").write_text("import evaluate\n")
     (tmp_path / "evaluate.py").write_text("x = 1\n")
     mods, edges = graph(tmp_path)
     assert set(find_cycle(edges)) == {f"{PKG}.a", f"{PKG}.b"}
     assert private_uses(tmp_path, mods) == [f"{PKG}.a uses b._hidden"]
     assert ("train", []) in edges[f"{PKG}.b"] and ("evaluate", []) in edges["train"]
-    assert declared_layers(tmp_path) == {f"{PKG}.a": 0, f"{PKG}.b": 1}
+    assert declared_layers(tmp_path) == {f"{PKG}.a": 0, f"{PKG}.low": 0, f"{PKG}.b": 1}
+    assert edges[f"{PKG}.low.c"] == [(f"{PKG}.b", ["f"]), (f"{PKG}.a", ["f"])]
+    assert unit_of(f"{PKG}.low.c") == f"{PKG}.low"
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
@@ -170,7 +190,7 @@ def test_scripts_stay_thin(script):
 
 
 def test_docs_record_schema_is_the_code_schema():
-    from premem_kit import records
+    from premem_kit.core import records
 
     text = (ROOT / "docs" / "layout.md").read_text()
     assert records.markdown_table() in text

@@ -9,7 +9,9 @@ import pytest
 from conftest import ROOT, write_synthetic_run
 
 import premem
-from premem_kit import analysis, analysis_figures, figures
+from premem_kit.analysis import analyze as analysis
+from premem_kit.analysis import analysis_figures
+from premem_kit.core import figures
 
 
 def two_point_run(tmp_path):
@@ -66,7 +68,7 @@ def test_scripts_reject_bad_arguments_with_exit_2(argv, phrase):
 
 def test_an_offline_hub_id_fails_at_once_with_the_whole_advice(tmp_path, capsys, monkeypatch):
     import train
-    from premem_kit import hub
+    from premem_kit.core import hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert hub.offline_reason() == "HF_HUB_OFFLINE is set"
@@ -79,7 +81,7 @@ def test_an_offline_hub_id_fails_at_once_with_the_whole_advice(tmp_path, capsys,
 
 
 def test_an_unreachable_hub_host_is_detected(monkeypatch):
-    from premem_kit import hub
+    from premem_kit.core import hub
 
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)

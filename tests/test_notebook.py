@@ -8,6 +8,8 @@ import re
 
 import yaml
 
+from premem_kit.core import config
+
 from conftest import ROOT, tiny_cfg
 
 NOTEBOOK = ROOT / "notebooks" / "colab_demo.ipynb"
@@ -41,7 +43,7 @@ def test_notebook_setup_cell_installs_and_other_cells_are_plain_python():
 
 def test_notebook_runs_top_to_bottom_on_the_tiny_model(tmp_path, tiny_model, monkeypatch, capsys):
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump(tiny_cfg(tiny_model, tmp_path / "unused", eval_train_examples=4,
+    base.write_text(config.dump(tiny_cfg(tiny_model, tmp_path / "unused", eval_train_examples=4,
                                             eval_test_examples=2, eval_max_new_tokens=8, eval_base_model=True)))
     grid = tmp_path / "tiny_grid.yaml"
     grid.write_text(f"base: {base}\nmodel_name: tiny\nruns_root: {tmp_path / 'runs'}\n"

@@ -13,8 +13,15 @@ import pytest
 from conftest import write_synthetic_run
 
 import premem
-from premem_kit import analysis, analysis_figures, calibration, figures, metric, published, records, runs
-from premem_kit.rundata import AnalysisError, load_run, load_runs
+from premem_kit.analysis import analyze as analysis
+from premem_kit.analysis import analysis_figures
+from premem_kit.analysis import calibration
+from premem_kit.core import figures
+from premem_kit import metric
+from premem_kit.analysis import published
+from premem_kit.core import records
+from premem_kit.core import runs
+from premem_kit.analysis.rundata import AnalysisError, load_run, load_runs
 
 T = -2.0  # loglog threshold used by the hand-made sequences
 P = math.exp(math.exp(T))  # = 1.1447 perplexity

@@ -1,4 +1,4 @@
-"""premem.py priors (premem_kit/priors.py, prior_metrics.py): distance from initialization against merged
+"""premem.py priors (premem_kit/analysis/priors.py, prior_metrics.py): distance from initialization against merged
 weights, gradient variance, the ATC threshold fit, the per-checkpoint cache and Figure 5, on the tiny model."""
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ import torch
 from conftest import tiny_cfg, write_synthetic_run
 
 import premem
-from premem_kit import data, figures, metric, models, prior_metrics, priors, records, runs
+from premem_kit.core import config
+from premem_kit.tasks import data
+from premem_kit.core import figures
+from premem_kit import metric
+from premem_kit.models import loading as models
+from premem_kit.analysis import prior_metrics
+from premem_kit.analysis import priors
+from premem_kit.core import records
+from premem_kit.core import runs
 
 
 def _randomize_lora(model, seed, scale=0.05):
@@ -67,7 +75,7 @@ def test_lora_distance_rejects_a_folder_without_adapter(tmp_path):
 
 @pytest.fixture(scope="module")
 def lora_model(cfg):
-    tok = models.load_tokenizer(cfg["model"])
+    tok = models.load_tokenizer(cfg.model)
     model = models.add_lora(models.load_base_model(cfg), cfg)
     _randomize_lora(model, seed=3)
     return tok, model, data.train_examples(cfg)
@@ -76,7 +84,7 @@ def lora_model(cfg):
 def test_gradient_variance_of_identical_minibatches_is_zero(lora_model, cfg):
     tok, model, exs = lora_model
     model.train()  # lora_dropout = 0.1: gradient_variance must switch it off
-    assert prior_metrics.gradient_variance(model, tok, [exs[:3]] * 5, cfg["max_length"], micro_batch_size=2) == 0.0
+    assert prior_metrics.gradient_variance(model, tok, [exs[:3]] * 5, cfg.max_length, micro_batch_size=2) == 0.0
     assert model.training  # mode restored
 
 
@@ -84,14 +92,14 @@ def test_gradient_variance_equals_direct_computation(lora_model, cfg):
     tok, model, exs = lora_model
     batches = prior_metrics.minibatches(exs, 5, 3, seed=0)
     assert len({tuple(e["id"] for e in b) for b in batches}) == 5
-    got = prior_metrics.gradient_variance(model, tok, batches, cfg["max_length"], micro_batch_size=2)
+    got = prior_metrics.gradient_variance(model, tok, batches, cfg.max_length, micro_batch_size=2)
     # direct: one HF forward per whole minibatch (its mean token loss), all 5 gradients stacked
     model.eval()
     coll = data.Collator(tok.pad_token_id)
     flat = []
     for b in batches:
         model.zero_grad()
-        enc = coll([data.encode(tok, e["prompt"], e["target"], cfg["max_length"]) for e in b])
+        enc = coll([data.encode(tok, e["prompt"], e["target"], cfg.max_length) for e in b])
         model(**enc).loss.backward()
         flat.append(torch.cat([p.grad.flatten().double() for p in model.parameters() if p.requires_grad]))
     model.zero_grad()
@@ -124,7 +132,7 @@ def make_tiny_run(cfg, folder, lr, train_acc, test_acc, train_lik, test_lik, see
     """A run folder (conftest.write_synthetic_run) with 2 real LoRA checkpoints of the tiny model at steps 2
     and 4, train records of perplexity 3, test records with mean accuracy mean(test_acc[k]) and greedy
     records with the given likelihoods."""
-    rc = dict(cfg, run_dir=str(folder), learning_rate=lr)
+    rc = config.updated(cfg, "test", run_dir=str(folder), learning_rate=lr)
     train_ids = [e["id"] for e in data.train_examples(rc)][: len(train_lik[0])]
     test_ids = [f"gsm8k/test/{k}" for k in range(len(test_lik[0]))]
     write_synthetic_run(folder, [2, 4], train_acc, np.full((2, len(train_ids)), 3.0),
@@ -196,7 +204,7 @@ def test_priors_command_writes_fig5_table_and_caches(cfg, tmp_path, capsys):
     rc = runs.read_config(a)
     fresh = PeftModel.from_pretrained(models.load_base_model(rc), str(a / "checkpoint-4"), is_trainable=True)
     batches = prior_metrics.minibatches(data.train_examples(rc), 5, 2, seed=0)
-    want = prior_metrics.gradient_variance(fresh, models.load_tokenizer(rc["model"]), batches, rc["max_length"], 2)
+    want = prior_metrics.gradient_variance(fresh, models.load_tokenizer(rc.model), batches, rc.max_length, 2)
     assert pts.loc[1, "grad_variance"] == pytest.approx(want, rel=1e-6)
     r = res["pearson_r_vs_gap"]
     assert r["distance_from_init"]["pearson_r"] == pytest.approx(metric.pearson_r(pts["gap"], pts["distance_from_init"]))

@@ -13,8 +13,14 @@ import pandas as pd
 import pytest
 
 import premem
-from premem_kit import analysis, analysis_figures, figures, metric, published, records, runs
-from premem_kit.rundata import load_run
+from premem_kit.analysis import analyze as analysis
+from premem_kit.analysis import analysis_figures
+from premem_kit.core import figures
+from premem_kit import metric
+from premem_kit.analysis import published
+from premem_kit.core import records
+from premem_kit.core import runs
+from premem_kit.analysis.rundata import load_run
 
 QUIET = dict(progress=False, verbose=False)
 
@@ -33,7 +39,7 @@ def test_import_published_layout(published_runs, published_ckpts):
     dirs = published_runs["dirs"]
     assert len(dirs) == 7
     run = published_runs["runs"] / "gsm8k_orig_3epochs_full_lr2e-05_bs128"
-    cfg = runs.read_config(run, check=False)
+    cfg = runs.read_config_as_written(run)
     assert cfg["task"] == "gsm8k" and cfg["learning_rate"] == 2e-5 and cfg["num_epochs"] == 3
     assert cfg["subset"] == "full" and cfg["batch_size"] == 128 and cfg["model"] == "meta-llama/Meta-Llama-3-8B"
     assert cfg["checkpoints"] == [58, 116, 174] and cfg["n_train_examples"] == 7473
@@ -178,7 +184,7 @@ def test_import_half_run_no_temp_files_and_unparseable(tmp_path):
     np.save(src.parent / "stray_analysis.npy", np.zeros(3))  # run-level/stray files are ignored
     published.import_published(src.parent, tmp_path / "out", progress=False)
     run = tmp_path / "out" / src.name
-    cfg = runs.read_config(run, check=False)
+    cfg = runs.read_config_as_written(run)
     assert (cfg["task"], cfg["subset"], cfg["num_epochs"], cfg["learning_rate"], cfg["batch_size"]) == (
         "math", "half", 2, 2e-4, 64)
     assert json.loads(runs.subset_ids_path(run).read_text()) == [f"math/train/{i}" for i in sub]

@@ -18,6 +18,8 @@ import evaluate
 import premem
 import sweep
 import train
+from premem_kit.core import config
+from premem_kit.core.config import DataSettings
 
 
 def snapshot(root: Path) -> dict:
@@ -36,12 +38,12 @@ def run_main(main, argv, capsys):
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory, tiny_model):
     """A config file, data folders good and bad, and one trained run of the tiny model."""
-    from premem_kit.training import run_training
+    from premem_kit.training.trainer import run_training
 
     root = tmp_path_factory.mktemp("reliability")
     cfg = tiny_cfg(tiny_model, root / "run", num_epochs=1, max_train_examples=4, eval_train_examples=2,
                    eval_test_examples=2, eval_max_new_tokens=4)
-    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    (root / "cfg.yaml").write_text(config.dump(cfg))
     run_training(cfg)
     bad = root / "bad"
     for name, text in {
@@ -117,13 +119,20 @@ def test_train_config_typo_offers_the_right_file(capsys, monkeypatch):
 
 
 EVAL_CASES = [
-    (["--train-examples", "0"], "--train-examples must be at least 1"),
-    (["--train-examples", "-1"], "--train-examples must be at least 1"),
-    (["--test-examples", "0"], "--test-examples must be at least 1"),
-    (["--samples", "0"], "--samples must be at least 1"),
-    (["--batch-size", "0"], "--batch-size must be at least 1"),
-    (["--top-p", "5"], "--top-p must be in (0, 1]"),
-    (["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+    (["--eval_train_examples", "0"], "key 'eval_train_examples' must be >= 1, got 0"),
+    (["eval_train_examples=-1"], "key 'eval_train_examples' must be >= 1, got -1"),
+    (["--eval-test-examples", "0"], "key 'eval_test_examples' must be >= 1"),
+    (["--eval_samples", "0"], "key 'eval_samples' must be >= 1"),
+    (["eval_batch_size=0"], "key 'eval_batch_size' must be >= 1"),
+    (["--eval_top_p", "5"], "key 'eval_top_p' must be > 0 and <= 1"),
+    (["--eval_temperature", "-1"], "key 'eval_temperature' must be >= 0"),
+    (["--eval_samples", "2", "eval_samples=3"], "'eval_samples' is given twice"),
+    (["--eval_splits", "dev"], "'eval_splits' takes a non-empty list of train, test"),
+    (["--samples", "3"], "--samples is now --eval_samples"),
+    (["--train-examples", "3"], "--train-examples is now --eval_train_examples"),
+    (["learning_rate=1e-3"], "'learning_rate' is not a setting this command takes"),
+    (["--num_epochs", "2"], "'num_epochs' is not a setting of this command (it was fixed when the run was trained)"),
+    (["--eval_sample", "2"], "unrecognized option --eval_sample; did you mean 'eval_samples'?"),
     (["--steps", "99"], "--steps 99 is not a complete checkpoint (have: 1)"),
 ]
 
@@ -155,8 +164,8 @@ def test_evaluate_bad_run_folders(sandbox, capsys, tmp_path):
 
 
 def test_a_locked_run_is_refused_by_train_and_evaluate(sandbox, capsys):
-    from premem_kit import runs
-    from premem_kit.files import FileLock
+    from premem_kit.core import runs
+    from premem_kit.core.files import FileLock
 
     before = snapshot(sandbox)
     with FileLock(runs.lock_path(sandbox / "run"), "test"):
@@ -200,14 +209,14 @@ def test_analyze_without_records_says_what_to_run(tmp_path, capsys):
 def test_perplexity_overflow_is_infinite_not_a_crash():
     import math
 
-    from premem_kit.inference import ppl_from_nll
+    from premem_kit.models.inference import ppl_from_nll
 
     assert ppl_from_nll(710.0) == math.inf and ppl_from_nll(5000.0) == math.inf
     assert ppl_from_nll(1.0) == pytest.approx(math.e) and math.isnan(ppl_from_nll(math.nan))
 
 
 def test_appended_train_file_ids_must_not_collide(tmp_path, tiny_model):
-    from premem_kit import data
+    from premem_kit.tasks import data
 
     extra = tmp_path / "extra.jsonl"
     extra.write_text(json.dumps({"id": "gsm8k/train/3", "question": "q?", "answer": "1 + 1 = 2\n#### 2"}) + "\n")
@@ -217,12 +226,12 @@ def test_appended_train_file_ids_must_not_collide(tmp_path, tiny_model):
 
 
 def test_math_solution_without_a_boxed_answer_is_an_error(tmp_path):
-    from premem_kit import data
+    from premem_kit.tasks import data
 
     (tmp_path / "train.jsonl").write_text(json.dumps({"problem": "p", "solution": "x = 2"}) + "\n")
     (tmp_path / "test.jsonl").write_text("")
     with pytest.raises(data.DataError, match=r"train\.jsonl, line 1: the MATH solution has no \\boxed"):
-        data.load_split("math", str(tmp_path), "train")
+        data.load_split(DataSettings(task="math", data=str(tmp_path)), "train")
 
 
 def test_grid_cell_names_cannot_leave_the_runs_root(tmp_path, capsys):
@@ -284,13 +293,13 @@ OK = (200, {"Content-Type": "application/json"}, json.dumps({"choices": [{"messa
 
 
 def client(url, **kw):
-    from premem_kit.chat import OpenAIChat
+    from premem_kit.curation.chat import OpenAIChat
 
     return OpenAIChat(base_url=url, model="m", api_key=KEY, rpm=0, backoff=0.01, **kw)
 
 
 def test_a_redirect_is_refused_and_the_key_goes_nowhere_else():
-    from premem_kit.curation import CurationError
+    from premem_kit.curation.vocabulary import CurationError
 
     other = Server([OK])
     first = Server([(307, {"Location": other.url + "/v1/chat/completions"}, "")])
@@ -305,8 +314,8 @@ def test_a_redirect_is_refused_and_the_key_goes_nowhere_else():
 
 
 def test_retry_after_is_capped_and_the_deadline_holds(monkeypatch):
-    from premem_kit import chat
-    from premem_kit.curation import CurationError
+    from premem_kit.curation import chat
+    from premem_kit.curation.vocabulary import CurationError
 
     slept = []
     monkeypatch.setattr(chat.time, "sleep", lambda s: slept.append(s))
@@ -326,8 +335,8 @@ def test_retry_after_is_capped_and_the_deadline_holds(monkeypatch):
 
 
 def test_errors_and_repr_never_show_the_key():
-    from premem_kit.chat import OpenAIChat
-    from premem_kit.curation import CurationError
+    from premem_kit.curation.chat import OpenAIChat
+    from premem_kit.curation.vocabulary import CurationError
 
     srv = Server([(401, {}, f"bad key: Authorization: Bearer {KEY}")])
     try:

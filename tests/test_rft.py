@@ -1,5 +1,5 @@
 """RFT data (premem_kit arith.py, rft.py, rft_sampling.py: curate.py rft) and the SFT data-scaling
-command (premem_kit/scaling.py: curate.py scaling): the safe evaluator, annotation checks, dedupe,
+command (premem_kit/curation/scaling.py: curate.py scaling): the safe evaluator, annotation checks, dedupe,
 pooling, pass@k, the sample cache, the log-linear fit, and the commands end to end on the tiny model (sampling, JSONL + report, training on the JSONL, scaling)."""
 import json
 import math
@@ -13,9 +13,17 @@ import yaml
 
 import curate
 from conftest import tiny_cfg
-from premem_kit import arith, data, grading, records, rft, runs, scaling
-from premem_kit.evaluation import EvalOptions, evaluate_run
-from premem_kit.training import run_training
+from premem_kit.core import config
+from premem_kit.tasks import arith
+from premem_kit.tasks import data
+from premem_kit.tasks import grading
+from premem_kit.core import records
+from premem_kit.curation import rft
+from premem_kit.core import runs
+from premem_kit.curation import scaling
+from premem_kit.evaluation.evaluation import EvalOptions, evaluate_run
+from premem_kit.training.trainer import run_training
+from premem_kit.core.config import DataSettings
 
 # ----------------------------------------------------------------------------- safe evaluator
 
@@ -341,7 +349,7 @@ def test_curate_rft_end_to_end_and_train_on_its_output(tmp_path, src_run, tiny_m
     assert rep["questions"] == 4 and rep["k"] == 2 and [s["name"] for s in rep["sources"]] == ["src@1", "src@0"]
     assert [s["new_samples"] for s in rep["sources"]] == [8, 8]
     # the cached samples, graded here independently, give the report's accuracy and pass@1
-    split = {e["id"]: e for e in data.load_split("gsm8k", tiny_cfg(tiny_model, src_run)["data"], "train")}
+    split = {e["id"]: e for e in data.load_split(DataSettings(data=tiny_cfg(tiny_model, src_run).data), "train")}
     for s in rep["sources"]:
         cache = rft.SampleCache(s["cache"], {})
         got = [cache.samples(i) for i in ids]
@@ -382,14 +390,14 @@ def test_curate_rft_end_to_end_and_train_on_its_output(tmp_path, src_run, tiny_m
     summary = run_training(cfg)
     assert summary["examples"] == len(rows)
     assert sorted(json.loads((run / "subset_ids.json").read_text())) == sorted(r["id"] for r in rows)
-    res = evaluate_run(run, EvalOptions(base=False))
+    res = evaluate_run(run, EvalOptions(settings={"eval_base_model": False}))
     assert {(r["split"], r["n"]) for r in res} == {("train", 2), ("test", 2)}
 
 
 def test_curate_rft_reads_a_filled_cache_filters_and_dedupes(tmp_path, src_run, tiny_model):
     """Samples already in the cache (here written by hand) are used as they are: no model is loaded."""
     ids = json.loads((src_run / "subset_ids.json").read_text())
-    split = {e["id"]: e for e in data.load_split("gsm8k", tiny_cfg(tiny_model, src_run)["data"], "train")}
+    split = {e["id"]: e for e in data.load_split(DataSettings(data=tiny_cfg(tiny_model, src_run).data), "train")}
     meta = {"run": str(src_run), "step": 1, "model": str(tiny_model), "temperature": 0.7, "top_p": 1.0,
             "max_new_tokens": 12, "seed": 5}
     cdir = tmp_path / "cache"
@@ -450,14 +458,14 @@ def test_curate_scaling_trains_nested_fractions_and_fits(tmp_path, tiny_model, c
     cfg = tiny_cfg(tiny_model, tmp_path / "scaling", max_train_examples=8, batch_size=4, micro_batch_size=2,
                    num_epochs=1, eval_test_examples=4, eval_samples=2, eval_max_new_tokens=6)
     path = tmp_path / "scaling.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(config.dump(cfg))
     out = tmp_path / "scaling_out"
     args = ["scaling", str(path), "--fractions", "1/2", "1", "eval_seed=3", "--out", str(out), "eval_samples=1"]
     assert curate.main(args) == 0
     res = json.loads((out / "scaling.json").read_text())
     assert [(p["fraction"], p["n_train"], p["step"]) for p in res["points"]] == [("1/2", 4, 1), ("1", 8, 2)]
-    assert res["overrides"] == ["eval_seed=3", "eval_samples=1"] and res["accuracy"] == "greedy"
-    assert yaml.safe_load((out / "frac-1" / "config.yaml").read_text())["eval_samples"] == 1
+    assert res["overrides"] == {"eval_seed": 3, "eval_samples": 1} and res["accuracy"] == "greedy"
+    assert runs.read_config(out / "frac-1").eval_samples == 1
     half = json.loads((out / "frac-1_2" / "subset_ids.json").read_text())
     full = json.loads((out / "frac-1" / "subset_ids.json").read_text())
     assert full[:4] == half and len(set(full)) == 8  # nested seeded subsets

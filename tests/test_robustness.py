@@ -1,4 +1,4 @@
-"""premem.py robustness (premem_kit/robustness.py): PreMemAcc bins, the table, Spearman, Figure 7's
+"""premem.py robustness (premem_kit/analysis/robustness.py): PreMemAcc bins, the table, Spearman, Figure 7's
 violins and the Figure 6 panel on hand-made records whose every number is known."""
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ from conftest import DEMO_DATA, record_rows, write_synthetic_run
 from scipy.stats import spearmanr
 
 import premem
-from premem_kit import data, figures, metric, records, robustness, runs
-from premem_kit.rundata import AnalysisError, load_run
+from premem_kit.tasks import data
+from premem_kit.core import figures
+from premem_kit import metric
+from premem_kit.core import records
+from premem_kit.analysis import robustness
+from premem_kit.core import runs
+from premem_kit.analysis.rundata import AnalysisError, load_run
+from premem_kit.core.config import DataSettings
 
 T = -2.0  # loglog threshold: memorized <=> ppl < exp(exp(-2)) = 1.1447
 L, H = 1.05, 2.0  # memorized / not memorized perplexity
@@ -86,7 +92,7 @@ def test_binning_table_spearman_and_outputs(tmp_path):
     ex6 = json.loads((out / "fig6_examples.json").read_text())
     assert [e["premem_acc"] for e in ex6] == [0.0, 0.5, 1.0]
     assert ex6[0]["id"] == "gsm8k/train/1"  # among PreMemAcc 0, the one right under the original prompt
-    assert ex6[0]["question"] == data.load_split("gsm8k", str(DEMO_DATA), "train")[1]["question"]
+    assert ex6[0]["question"] == data.load_split(DataSettings(data=str(DEMO_DATA)), "train")[1]["question"]
     assert [v["variant"] for v in ex6[0]["variants"]] == ["original", "first", "we_know_that"]
     assert [v["outcome"] for v in ex6[0]["variants"]] == ["correct", "incorrect", "correct"]
     assert ex6[0]["variants"][1]["sample"] == "first 0 gsm8k/train/1: $7 #### 7 / 1 = $7"
@@ -165,7 +171,7 @@ def test_missing_variants_name_the_evaluate_command(tmp_path, capsys):
     assert premem.main(["robustness", str(run), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "premem.py robustness: error:" in err
-    assert "we_know_that" in err and "evaluate.py" in err and "--variants original first we_know_that" in err
+    assert "we_know_that" in err and "evaluate.py" in err and "--eval_variants original first we_know_that" in err
     assert not (tmp_path / "o").exists()
     run2 = make_run(tmp_path / "run2")
     assert premem.main(["robustness", str(run2), "--out", str(tmp_path / "o"), "--step", "10"]) == 2

@@ -15,9 +15,11 @@ import pytest
 import yaml
 
 from conftest import ROOT, tiny_cfg
-from premem_kit import config, files, runs
-from premem_kit.grid import (GridError, cell_name, fmt_epochs, fmt_lr, grid_status, load_grid, model_short_name)
-from premem_kit.grid_run import run_grid, schedule
+from premem_kit.core import config
+from premem_kit.core import files
+from premem_kit.core import runs
+from premem_kit.grids.grid import GridError, cell_name, fmt_epochs, fmt_lr, grid_status, load_grid, model_short_name
+from premem_kit.grids.grid_run import run_grid, schedule
 
 # --------------------------------------------------------------------------------------------------
 # the grid files
@@ -45,7 +47,7 @@ FULL_FT = dict(lora_r=0, quantization="none", dtype="fp32", mixed_precision="bf1
 
 
 def cells_of(grid):
-    return [(c["cfg"]["num_epochs"], c["cfg"]["subset"], c["cfg"]["learning_rate"]) for c in grid["cells"]]
+    return [(c["cfg"].num_epochs, c["cfg"].subset, c["cfg"].learning_rate) for c in grid["cells"]]
 
 
 def test_every_grid_file_loads_and_names_are_unique():
@@ -58,7 +60,7 @@ def test_every_grid_file_loads_and_names_are_unique():
         assert len(set(names)) == len(names)
         for c in g["cells"]:
             config.validate(c["cfg"])
-            assert Path(c["cfg"]["run_dir"]).name == c["name"]
+            assert Path(c["cfg"].run_dir).name == c["name"]
 
 
 def test_gsm8k_llama3_grid_matches_the_appendix_cells_and_recipe():
@@ -66,11 +68,11 @@ def test_gsm8k_llama3_grid_matches_the_appendix_cells_and_recipe():
     assert cells_of(g) == GSM8K_LLAMA
     for c in g["cells"]:
         cfg = c["cfg"]
-        assert {k: cfg[k] for k in RECIPE_A} == RECIPE_A and {k: cfg[k] for k in FULL_FT} == FULL_FT
-        assert cfg["batch_size"] == 128 and cfg["task"] == "gsm8k" and cfg["model"] == "meta-llama/Meta-Llama-3-8B"
+        assert {k: getattr(cfg, k) for k in RECIPE_A} == RECIPE_A and {k: getattr(cfg, k) for k in FULL_FT} == FULL_FT
+        assert cfg.batch_size == 128 and cfg.task == "gsm8k" and cfg.model == "meta-llama/Meta-Llama-3-8B"
         # half and quarter runs keep the optimizer steps of 3 full epochs
-        frac = {"full": 1, "half": 0.5, "quarter": 0.25}[cfg["subset"]]
-        assert cfg["num_epochs"] * frac in (1, 3, 6)
+        frac = {"full": 1, "half": 0.5, "quarter": 0.25}[cfg.subset]
+        assert cfg.num_epochs * frac in (1, 3, 6)
     assert [c["name"] for c in g["cells"]][:3] == ["gsm8k_llama3-8b_1ep_full_lr5e-7", "gsm8k_llama3-8b_1ep_full_lr5e-5",
                                                    "gsm8k_llama3-8b_1ep_full_lr2e-4"]
 
@@ -91,8 +93,8 @@ def test_math_llama3_grid_matches_the_release_cells_and_recipe():
     assert cells_of(g) == MATH_LLAMA and len(MATH_LLAMA) == 11
     for c in g["cells"]:
         cfg = c["cfg"]
-        assert {k: cfg[k] for k in RECIPE_A} == RECIPE_A and cfg["batch_size"] == 24 and cfg["task"] == "math"
-        assert {k: cfg[k] for k in FULL_FT} == FULL_FT and cfg["eval_top_p"] == 1.0
+        assert {k: getattr(cfg, k) for k in RECIPE_A} == RECIPE_A and cfg.batch_size == 24 and cfg.task == "math"
+        assert {k: getattr(cfg, k) for k in FULL_FT} == FULL_FT and cfg.eval_top_p == 1.0
 
 
 @pytest.mark.parametrize("task", ["gsm8k", "math"])
@@ -101,8 +103,8 @@ def test_gemma2_grids_have_the_14_cells_and_recipe_b(task):
     assert cells_of(g) == GEMMA2 and len(GEMMA2) == 14
     for c in g["cells"]:
         cfg = c["cfg"]
-        assert {k: cfg[k] for k in RECIPE_B} == RECIPE_B and cfg["model"] == "google/gemma-2-9b"
-        assert cfg["task"] == task and {k: cfg[k] for k in FULL_FT} == FULL_FT
+        assert {k: getattr(cfg, k) for k in RECIPE_B} == RECIPE_B and cfg.model == "google/gemma-2-9b"
+        assert cfg.task == task and {k: getattr(cfg, k) for k in FULL_FT} == FULL_FT
     # the two cells whose lr and epochs are read off the plot say so
     assert [c["name"] for c in g["cells"] if c["note"]] == [f"{task}_gemma2-9b_6ep_half_lr5e-5",
                                                            f"{task}_gemma2-9b_12ep_quarter_lr5e-5"]
@@ -115,8 +117,8 @@ def test_qlora_grids_are_the_paper_cells_with_ten_times_the_learning_rate(paper)
     recipe = RECIPE_A if "llama3" in paper else RECIPE_B
     for c in q["cells"]:
         cfg = c["cfg"]
-        assert cfg["quantization"] == "4bit" and cfg["lora_r"] == 16 and cfg["optimizer"] in ("adamw", "adam")
-        assert {k: cfg[k] for k in recipe} == recipe and "-qlora_" in c["name"]
+        assert cfg.quantization == "4bit" and cfg.lora_r == 16 and cfg.optimizer in ("adamw", "adam")
+        assert {k: getattr(cfg, k) for k in recipe} == recipe and "-qlora_" in c["name"]
     assert "NOT THE PAPER'S NUMBERS" in q["path"].read_text()
     assert not {c["name"] for c in q["cells"]} & {c["name"] for c in full["cells"]}
 
@@ -131,8 +133,8 @@ def test_a_grid_without_cells_is_refused_with_its_notes(tmp_path):
 def test_curation_grid_is_the_appendix_c_recipe():
     (c,) = load_grid("curation_deepseekmath-7b")["cells"]
     cfg = c["cfg"]
-    assert cfg["math_levels"] == [1, 2, 3] and cfg["learning_rate"] == 2e-5 and cfg["num_epochs"] == 3
-    assert cfg["batch_size"] == 128 and cfg["max_grad_norm"] == 2.0 and cfg["lr_scheduler"] == "linear"
+    assert cfg.math_levels == [1, 2, 3] and cfg.learning_rate == 2e-5 and cfg.num_epochs == 3
+    assert cfg.batch_size == 128 and cfg.max_grad_norm == 2.0 and cfg.lr_scheduler == "linear"
     assert c["name"] == "math-l123_deepseekmath-7b_3ep_full_lr2e-5"
 
 
@@ -142,10 +144,9 @@ def test_run_names():
     assert fmt_epochs(3) == "3" and fmt_epochs(1.5) == "1.5"
     assert model_short_name("meta-llama/Meta-Llama-3-8B") == "meta-llama-3-8b"
     assert model_short_name("pypi:smollm2-135m-instruct") == "smollm2-135m-instruct"
-    cfg = {k: v[0] for k, v in config.DEFAULTS.items()}
-    cfg.update(num_epochs=12, subset="quarter", learning_rate=2e-5)
+    cfg = config.Config(num_epochs=12, subset="quarter", learning_rate=2e-5)
     assert cell_name(cfg, "llama3-8b") == "gsm8k_llama3-8b_12ep_quarter_lr2e-5"
-    cfg.update(subset_fraction="1/32")
+    cfg.subset_fraction = "1/32"
     assert cell_name(cfg, "m", {"subset_fraction": "1/32"}) == "gsm8k_m_12ep_quarter-1of32_lr2e-5"
 
 
@@ -272,7 +273,7 @@ time.sleep(0.3)
 def test_one_cell_per_gpu_sets_cuda_visible_devices(tmp_path, monkeypatch, tiny_model):
     """The real run path with a stand-in launcher that records what it was asked to run and where."""
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump(tiny_cfg(tiny_model, tmp_path / "unused")))
+    base.write_text(config.dump(tiny_cfg(tiny_model, tmp_path / "unused")))
     g = write_grid(tmp_path, f"base: {base}\nruns_root: {tmp_path / 'runs'}\ncells:\n"
                    + "".join(f"  - {{learning_rate: {lr}}}\n" for lr in (1e-3, 2e-3, 3e-3, 4e-3)))
     fake = tmp_path / "fake.py"
@@ -310,7 +311,7 @@ def _procs_with(text: str) -> list[int]:
 
 def test_sweep_kill_resume_skip_and_analysis(tmp_path, tiny_model):
     base = tmp_path / "base.yaml"
-    base.write_text(yaml.safe_dump(tiny_cfg(tiny_model, tmp_path / "unused", eval_base_model=True, eval_train_examples=4,
+    base.write_text(config.dump(tiny_cfg(tiny_model, tmp_path / "unused", eval_base_model=True, eval_train_examples=4,
                                             eval_test_examples=2, eval_max_new_tokens=8)))
     root = tmp_path / "runs"
     # cell 2 takes 4 epochs x 4 steps with micro-batches of 1: long enough to be killed mid-training
@@ -377,14 +378,14 @@ def test_two_process_training_gives_the_one_process_loss_curve(tmp_path, tiny_mo
     from safetensors.torch import load_file
     import torch
 
-    from premem_kit.training import run_training
+    from premem_kit.training.trainer import run_training
 
     common = dict(num_epochs=2, batch_size=4, micro_batch_size=2, lora_dropout=0.0)
     one = tiny_cfg(tiny_model, tmp_path / "one", **common)
     run_training(one)
     two = tiny_cfg(tiny_model, tmp_path / "two", **common)
     path = tmp_path / "two.yaml"
-    path.write_text(yaml.safe_dump(two))
+    path.write_text(config.dump(two))
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "train.py"), str(path)]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -401,3 +402,35 @@ def test_two_process_training_gives_the_one_process_loss_curve(tmp_path, tiny_mo
     b = load_file(str(tmp_path / "two" / "checkpoint-8" / "adapter_model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-5)
+
+
+def test_a_grid_file_with_evaluate_args_names_the_keys_to_set_instead(tmp_path):
+    p = write_grid(tmp_path, "base: configs/demo.yaml\ncells: [{num_epochs: 1}]\n"
+                             "evaluate_args: [--train-examples, '8', --test-examples, '32', --no-base]\n")
+    with pytest.raises(GridError, match=r"'evaluate_args' is gone.*here: eval_train_examples: 8, "
+                                        r"eval_test_examples: 32, eval_base_model: false"):
+        load_grid(p)
+
+
+def test_evaluation_keys_of_a_grid_reach_evaluate_py_and_status(tmp_path):
+    from premem_kit.grids.grid_run import eval_overrides
+
+    p = write_grid(tmp_path, f"base: configs/demo.yaml\nruns_root: {tmp_path / 'r'}\ncommon: {{eval_test_examples: 32}}\n"
+                             "cells:\n  - {num_epochs: 1, eval_splits: [test]}\n  - {num_epochs: 2}\n")
+    g = load_grid(p)
+    a, b = g["cells"]
+    assert eval_overrides(g, a) == ["eval_test_examples=32", 'eval_splits=["test"]']
+    assert eval_overrides(g, b) == ["eval_test_examples=32"]
+    # evaluate.py reads these words as the same checked settings
+    import evaluate
+    from premem_kit.core import overrides
+
+    ns, _ = overrides.parse(evaluate.build_parser(), ["run", *eval_overrides(g, a)], config.EVAL_KEYS)
+    assert overrides.collect(ns, ns.overrides, config.EVAL_KEYS) == {"eval_test_examples": 32, "eval_splits": ["test"]}
+    # the grid's status expects the records of the cell's own splits
+    run = Path(a["run_dir"])
+    (run / "checkpoint-4").mkdir(parents=True)
+    (run / "checkpoint-4" / ".complete").write_text("{}")
+    from premem_kit.grids.grid import expected_records
+
+    assert [x.name for x in expected_records(a["cfg"], run)] == ["step-000004.test.original.parquet"]

@@ -14,7 +14,9 @@ import torch
 import yaml
 
 from conftest import ROOT, tiny_cfg
-from premem_kit import config, runs, training
+from premem_kit.core import config
+from premem_kit.core import runs
+from premem_kit.training import trainer as training
 
 
 def adapter_weights(ckpt: Path) -> dict:
@@ -33,7 +35,7 @@ def test_tiny_model_trains_and_checkpoints_every_epoch(tmp_path, tiny_model):
         assert (ck / "adapter_model.safetensors").exists() and (ck / "optimizer.pt").exists()
         assert (ck / "trainer_state.json").exists()
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved == cfg
+    assert saved == config.to_dict(cfg) and runs.read_config(run) == cfg
     ids = json.loads((run / "subset_ids.json").read_text())
     assert len(ids) == 16 and all(i.startswith("gsm8k/train/") for i in ids)
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
@@ -54,7 +56,7 @@ def test_tiny_model_trains_and_checkpoints_every_epoch(tmp_path, tiny_model):
 
 def test_effective_batch_uses_gradient_accumulation(tmp_path, tiny_model):
     cfg = tiny_cfg(tiny_model, tmp_path / "run", batch_size=8, micro_batch_size=2, num_epochs=1)
-    from premem_kit import models
+    from premem_kit.models import loading as models
 
     tok, model = models.load_for_training(cfg)
     trainer = training.build_trainer(cfg, tmp_path / "run", [{"prompt": "a", "target": "b"}] * 16, tok, model)
@@ -64,7 +66,7 @@ def test_effective_batch_uses_gradient_accumulation(tmp_path, tiny_model):
 
 def _write_cfg(tmp_path, cfg):
     p = tmp_path / "cfg.yaml"
-    p.write_text(yaml.safe_dump({k: v for k, v in cfg.items()}))
+    p.write_text(config.dump(cfg))
     return p
 
 
@@ -110,7 +112,7 @@ def test_changed_config_in_existing_run_is_refused(tmp_path, tiny_model):
     training.run_training(cfg)
     (tmp_path / "run" / "train_summary.json").unlink()
     with pytest.raises(config.ConfigError, match=r"different config \(keys \['learning_rate'\]"):
-        training.run_training({**cfg, "learning_rate": 5e-4})
+        training.run_training(config.updated(cfg, "test", learning_rate=5e-4))
 
 
 def run_cli(*args, cwd=ROOT):
@@ -138,23 +140,25 @@ def test_bad_inputs_give_clear_errors_and_leave_nothing(tmp_path, tiny_model):
 
 def test_help_config_lists_every_key():
     r = run_cli("--help-config")
-    assert r.returncode == 0 and all(k in r.stdout for k in config.DEFAULTS)
+    assert r.returncode == 0 and all(k in r.stdout for k in config.FIELDS)
 
 
 def test_real_smollm2_lora_steps_lower_the_target_perplexity(tmp_path):
     """A few LoRA steps on the real PyPI-shipped SmolLM2-135M (GGUF) on 4 GSM8K examples."""
     pytest.importorskip("gguf")
-    from premem_kit import data, inference, models
+    from premem_kit.tasks import data
+    from premem_kit.models import inference
+    from premem_kit.models import loading as models
 
     cfg = tiny_cfg("pypi:smollm2-135m-instruct", tmp_path / "real", max_train_examples=4, batch_size=2,
                    micro_batch_size=2, num_epochs=2, learning_rate=1e-3, max_length=192, lora_r=8, lora_alpha=16,
                    lora_dropout=0.0)
     try:
-        models.resolve_source(cfg["model"])
+        models.resolve_source(cfg.model)
     except models.ModelError as e:
         pytest.skip(str(e))
     exs = data.train_examples(cfg)
-    tok = models.load_tokenizer(cfg["model"])
+    tok = models.load_tokenizer(cfg.model)
     base = models.load_base_model(cfg)
     before, _ = inference.perplexities(base, tok, [e["prompt"] for e in exs], [e["target"] for e in exs],
                                        max_length=192, progress=False)
@@ -181,7 +185,7 @@ def test_live_premem_logs_a_prediction_at_every_checkpoint(tmp_path, tiny_model)
     # the logged prediction and memorized fraction are metric.py's over the logged per-example arrays
     A = np.array([r["acc"] for r in rows])
     P = np.array([r["ppl"] for r in rows])
-    t = cfg["live_premem_threshold"]
+    t = cfg.live_premem_threshold
     want = metric.predicted_test_accuracy(A, P, threshold_loglog=t)
     assert [r["predicted_test_acc"] for r in rows] == pytest.approx(want.tolist())
     assert [r["memorized"] for r in rows] == pytest.approx((metric.loglog(P) < t).mean(axis=1).tolist())
@@ -194,8 +198,10 @@ def test_live_premem_callback_on_a_plain_trainer_logs_through_report_to(tmp_path
     import numpy as np
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from premem_kit import data, metric, models
-    from premem_kit.callbacks import LivePreMemCallback
+    from premem_kit.tasks import data
+    from premem_kit import metric
+    from premem_kit.models import loading as models
+    from premem_kit.training.callbacks import LivePreMemCallback
 
     cfg = tiny_cfg(tiny_model, tmp_path / "unused")
     tok, model = models.load_for_training(cfg)
@@ -260,7 +266,8 @@ def test_full_finetuning_recipe_builds_the_optimizer_it_names(tmp_path, tiny_mod
     """The authors' regime on one GPU: no adapter, fp32 master weights, bitsandbytes' paged 8-bit AdamW,
     the recipe's weight decay, gradient checkpointing (the tiny model on CPU stands in for 8-9B)."""
     from conftest import DEMO_DATA
-    from premem_kit import data, models
+    from premem_kit.tasks import data
+    from premem_kit.models import loading as models
 
     cfg = config.load_config(ROOT / "configs" / "recipes" / f"{recipe}.yaml",
                              [f"model={tiny_model}", f"data={DEMO_DATA}", f"run_dir={tmp_path / 'r'}", "task=gsm8k",

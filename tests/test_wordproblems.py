@@ -1,4 +1,4 @@
-"""premem_kit/wordproblems.py and the committed data/arith: determinism, arithmetic, split, variety.
+"""premem_kit/tasks/wordproblems.py and the committed data/arith: determinism, arithmetic, split, variety.
 
 Everything here runs in a few seconds (no model, no tokenizer).
 """
@@ -15,9 +15,10 @@ from fractions import Fraction
 import pytest
 
 from conftest import ROOT
-from premem_kit import wordproblems as wp
-from premem_kit.data import load_split
-from premem_kit.grading import gsm8k_reference
+from premem_kit.tasks import wordproblems as wp
+from premem_kit.tasks.data import load_split
+from premem_kit.tasks.grading import gsm8k_reference
+from premem_kit.core.config import DataSettings
 
 DATA = ROOT / "data" / "arith"
 ANN = re.compile(r"<<([^=<>]+)=([^<>]+)>>(\S+)")
@@ -63,7 +64,7 @@ def test_same_seed_same_bytes_and_committed_files_are_a_fresh_generation(tmp_pat
     for name in ("train.jsonl", "test.jsonl"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
         assert (a / name).read_bytes() == (DATA / name).read_bytes(), \
-            f"data/arith/{name} differs from `python -m premem_kit.wordproblems --out data/arith`"
+            f"data/arith/{name} differs from `python -m premem_kit.tasks.wordproblems --out data/arith`"
     assert wp.generate(seed=1, n_train=20, n_test=10) != wp.generate(seed=0, n_train=20, n_test=10)
 
 
@@ -131,7 +132,7 @@ def test_fresh_problems_with_other_knobs_are_right_too():
 
 def test_loads_as_a_gsm8k_task():
     for split in ("train", "test"):
-        exs = load_split("gsm8k", str(DATA), split)
+        exs = load_split(DataSettings(data=str(DATA)), split)
         assert all(e["reference"] == e["solution"].rsplit("#### ", 1)[1] for e in exs)
         assert all(e["prompt"].endswith("\nAnswer:") and e["target"].endswith("\nDone.") for e in exs)
 
@@ -206,7 +207,7 @@ def test_many_distinct_solution_templates_per_family(committed):
 
 
 def test_module_is_stdlib_only_and_short():
-    src = (ROOT / "premem_kit" / "wordproblems.py").read_text(encoding="utf-8")
+    src = (ROOT / "premem_kit" / "tasks" / "wordproblems.py").read_text(encoding="utf-8")
     assert len(src.splitlines()) < 400
     mods = {a.name.split(".")[0] for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Import) for a in n.names}
     mods |= {n.module.split(".")[0] for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom) and n.module}

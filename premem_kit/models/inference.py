@@ -1,0 +1,173 @@
+"""Batched inference shared by evaluate.py, the benchmarks, the live-prediction callback and RFT:
+sampling with stop strings, teacher-forced target perplexity, and greedy answers with their likelihood.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from premem_kit.tasks import data as data_mod
+
+STOP = data_mod.TARGET_END  # "\nDone."
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def _left_pad(tok, prompts, device):
+    old = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
+    finally:
+        tok.padding_side = old
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def _is_oom(e: Exception) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
+def _batched(order, bs):
+    for i in range(0, len(order), bs):
+        yield order[i:i + bs]
+
+
+@torch.no_grad()
+def sample(model, tok, prompts, n=5, temperature=0.8, top_p=0.95, max_new_tokens=512, batch_size=32,
+           seed=2, stop=STOP, greedy=False, desc="sampling", progress=True):
+    """n completions per prompt (the text after the prompt, cut before `stop`).
+
+    Prompts are sorted by length (longest first, so an out-of-memory shows up on the first batch),
+    left-padded, and generated with the KV cache and several return sequences per prompt; on CUDA
+    out-of-memory the batch size halves and the batch is retried. Returns (completions, n_tokens)
+    where completions[i] is the list of n strings for prompts[i] and n_tokens the generated tokens.
+    """
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    torch.manual_seed(seed)
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[list[str] | None] = [None] * len(prompts)
+    n_ret = 1 if greedy else n
+    gen_kw = dict(max_new_tokens=max_new_tokens, num_return_sequences=n_ret, pad_token_id=tok.pad_token_id,
+                  stop_strings=[stop] if stop else None, tokenizer=tok if stop else None, use_cache=True)
+    if greedy:
+        gen_kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        gen_kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+    total_tokens = 0
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
+    i = 0
+    bs = batch_size
+    import time
+    t0 = time.time()
+    while i < len(order):
+        idx = order[i:i + bs]
+        try:
+            enc = _left_pad(tok, [prompts[j] for j in idx], device)
+            gen = model.generate(**enc, **gen_kw)
+        except Exception as e:
+            if _is_oom(e) and bs > 1:
+                torch.cuda.empty_cache()
+                bs = max(1, bs // 2)
+                bar.write(f"out of memory: batch size halved to {bs}")
+                continue
+            raise
+        new = gen[:, enc["input_ids"].shape[1]:]
+        total_tokens += int((new != tok.pad_token_id).sum())
+        texts = tok.batch_decode(new, skip_special_tokens=True)
+        for k, j in enumerate(idx):
+            out[j] = [cut(t, stop) for t in texts[k * n_ret:(k + 1) * n_ret]]
+        i += len(idx)
+        bar.update(len(idx))
+        dt = max(time.time() - t0, 1e-9)
+        bar.set_postfix(tok_s=f"{total_tokens / dt:.1f}", bs=bs)
+    bar.close()
+    model.train(was_training)
+    return out, total_tokens
+
+
+def cut(text: str, stop: str = STOP) -> str:
+    k = text.find(stop) if stop else -1
+    return text if k < 0 else text[:k]
+
+
+@torch.no_grad()
+def target_nll(model, tok, prompts, targets, batch_size=16, max_length=None, desc="perplexity", progress=True):
+    """Per example: (mean NLL over the target tokens, number of target tokens), teacher-forced.
+
+    The tokens scored are exactly those data.encode gives labels to, i.e. what the training loss sees.
+    Batches are left-padded with explicit position ids, so every target ends at the last position and
+    the LM head runs only on the last (longest target + 1) positions (`logits_to_keep`): with a large
+    vocabulary that is most of the cost. Padding never changes a value (tested to 1e-4).
+    """
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    feats = [data_mod.encode(tok, p, t, max_length) for p, t in zip(prompts, targets)]
+    order = sorted(range(len(feats)), key=lambda i: -len(feats[i]["input_ids"]))
+    collate = data_mod.Collator(tok.pad_token_id, "left")
+    nll = [math.nan] * len(feats)
+    ntok = [0] * len(feats)
+    bar = tqdm(total=len(feats), desc=desc, unit="ex", disable=not progress, dynamic_ncols=True)
+    i, bs = 0, batch_size
+    while i < len(order):
+        idx = order[i:i + bs]
+        batch = {k: v.to(device) for k, v in collate([feats[j] for j in idx]).items()}
+        labels = batch["labels"]
+        n_target = int((labels != -100).sum(-1).max())
+        keep = min(n_target + 1, labels.shape[1])
+        pos = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        try:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           position_ids=pos, logits_to_keep=keep).logits
+        except Exception as e:
+            if _is_oom(e) and bs > 1:
+                torch.cuda.empty_cache()
+                bs = max(1, bs // 2)
+                continue
+            raise
+        logits = logits[:, -keep:]  # models without logits_to_keep return every position
+        lab = labels[:, -keep + 1:] if keep > 1 else labels[:, :0]
+        lg = logits[:, :-1].float()
+        mask = lab != -100
+        # log p(label) = logit[label] - logsumexp(logits): no second vocabulary-sized tensor
+        tok_lp = (lg.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(lg, dim=-1)) * mask
+        sums = -tok_lp.sum(-1)
+        counts = mask.sum(-1)
+        for k, j in enumerate(idx):
+            c = int(counts[k])
+            ntok[j] = c
+            nll[j] = float(sums[k]) / c if c else math.nan
+        i += len(idx)
+        bar.update(len(idx))
+    bar.close()
+    model.train(was_training)
+    return nll, ntok
+
+
+def perplexities(model, tok, prompts, targets, **kw):
+    nll, ntok = target_nll(model, tok, prompts, targets, **kw)
+    return [ppl_from_nll(x) for x in nll], ntok
+
+
+def ppl_from_nll(x: float) -> float:
+    """exp(mean NLL); inf past exp's range (about 709: a target the model finds all but impossible)."""
+    if x != x:
+        return math.nan
+    return math.exp(x) if x < 709 else math.inf
+
+
+def greedy_with_likelihood(model, tok, prompts, max_new_tokens=512, batch_size=32, progress=True, **kw):
+    """Greedy completion per prompt and its likelihood: exp(mean log-prob of the generated tokens up to
+    and including the stop string), scored teacher-forced on the decoded text (the ATC score)."""
+    outs, _ = sample(model, tok, prompts, n=1, greedy=True, max_new_tokens=max_new_tokens,
+                     batch_size=batch_size, progress=progress, desc="greedy", **kw)
+    texts = [o[0] for o in outs]
+    nll, ntok = target_nll(model, tok, prompts, [t + STOP for t in texts], batch_size=batch_size,
+                           progress=progress, desc="greedy score")
+    return texts, [math.exp(-x) if x == x else math.nan for x in nll], ntok
