@@ -107,6 +107,9 @@ class TrainSettings:
                                                  "every epoch)", low=1)
     logging_steps: int = setting(1, "log loss and learning rate every N optimizer steps", low=1)
     dataloader_num_workers: int = setting(0, "DataLoader workers", low=0)
+    report_to: str | list = setting("none", "where the Trainer logs losses and the live premem/* values: none, "
+                                            "tensorboard (RUN/tensorboard), wandb, all, or a list (TrainingArguments' "
+                                            "report_to)")
 
 
 @dataclass

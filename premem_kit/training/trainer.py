@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -27,7 +28,9 @@ log = logging.getLogger("train")
 # Keys that may change between an interrupted run and its resumption (they do not change training); the
 # run folder's own path is one, so a folder that was moved, copied or reached through a link resumes.
 NON_TRAINING_KEYS = set(config_mod.EVAL_KEYS) | {"run_dir", "dataloader_num_workers", "logging_steps",
-                                                  "save_every_steps"}
+                                                  "save_every_steps", "report_to"}
+# TensorBoard events go to RUN/tensorboard unless the user set the Trainer's own variable for it
+USER_TENSORBOARD_DIR = os.environ.get("TENSORBOARD_LOGGING_DIR")
 
 
 # config `optimizer` -> the Trainer's `optim` (the HF Trainer builds each from its maintained library)
@@ -116,7 +119,7 @@ def training_arguments(cfg: Config, run: Path, world_size: int):
         bf16=on_gpu and mp == "bf16", fp16=on_gpu and mp == "fp16",
         # gradient_checkpointing (not 5.23's activation_checkpointing alias): the same on every transformers 5.x
         gradient_checkpointing=gc, gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
-        remove_unused_columns=False, report_to=[], dataloader_num_workers=cfg.dataloader_num_workers,
+        remove_unused_columns=False, report_to=cfg.report_to, dataloader_num_workers=cfg.dataloader_num_workers,
         dataloader_pin_memory=on_gpu,
         use_cpu=not on_gpu and world_size > 1,  # CPU processes under accelerate launch: gloo (parallel.py)
         disable_tqdm=False)
@@ -176,6 +179,9 @@ def encode_examples(cfg: Config, tok, examples: list[dict]) -> list[dict]:
 
 def build_trainer(cfg: Config, run: Path, examples: list[dict], tok, model, world_size: int = 1):
     from transformers import Trainer
+
+    if USER_TENSORBOARD_DIR is None:  # inside the run folder, not in a runs/<date>_<host> folder of its own
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(run / "tensorboard")
 
     from premem_kit.training.callbacks import LivePreMemCallback
 
