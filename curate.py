@@ -1,7 +1,7 @@
 """Training-data curation and data-scaling experiments.
 
     python curate.py rft --from RUN[:STEP] [--from RUN2[:STEP] ...] --out FILE.jsonl [--k 100]
-                         [--temperature 0.7] [--top-p 1.0] [--max-new-tokens N] [--train-examples N]
+                         [--temperature 0.7] [--top-p 1.0] [--top-k 50] [--max-new-tokens 256] [--train-examples N]
                          [--questions run|split] [--batch-size B] [--samples-per-call S] [--seed 0]
                          [--cache-dir DIR] [--no-original] [--no-figures]
                          [--dedupe reference|strict] [--arith-check reference|rounding|exact]
@@ -12,9 +12,10 @@ rft      Rejection-sampling finetuning data (Yuan et al. 2023): k samples per tr
          checkpoint, keep the correct ones whose <<expression=result>> arithmetic is right (Yuan et al.'s
          check by default), one path per equation list (the most edit-distant one; by Yuan et al.'s rule
          a sample with the original's equations is an extra path), plus the original solution; several
-         --from are pooled before dedupe (their "U13B" union). Writes FILE.jsonl (GSM8K schema + provenance),
+         --from are pooled before dedupe (their "U13B" union). Sampling as Yuan et al.'s sampler:
+         temperature 0.7, top-k 50, top-p 1.0, 256 new tokens. Writes FILE.jsonl (GSM8K schema + provenance),
          FILE.report.json (distinct paths per question, pass@k) and FILE.report.{png,pdf}. Raw samples
-         are cached per checkpoint (CACHE/<run>.step-<step>.T<temp>.p<top_p>.m<max_new>.s<seed>.jsonl,
+         are cached per checkpoint (CACHE/<run>.step-<step>.T<temp>.p<top_p>.k<top_k>.m<max_new>.s<seed>.jsonl,
          default CACHE = RUN/rft_samples): a rerun, a smaller k or another pooling samples nothing, a
          larger k only the missing samples; an interrupted run resumes after its last question batch.
 scaling  SFT data scaling: one run per fraction of the train set (nested seeded subsets, config key
@@ -55,7 +56,7 @@ def cmd_rft(a) -> int:
     from premem_kit.curation.rft_sampling import RftOptions, make_rft_data
 
     report, rpath = make_rft_data(RftOptions(
-        sources=a.sources, out=a.out, k=a.k, temperature=a.temperature, top_p=a.top_p,
+        sources=a.sources, out=a.out, k=a.k, temperature=a.temperature, top_p=a.top_p, top_k=a.top_k,
         max_new_tokens=a.max_new_tokens, questions=a.questions, train_examples=a.train_examples,
         batch_size=a.batch_size, samples_per_call=a.samples_per_call, seed=a.seed, cache_dir=a.cache_dir,
         original=not a.no_original, figures=not a.no_figures, dedupe=a.dedupe, arith_check=a.arith_check))
@@ -168,8 +169,13 @@ def add_rft_parser(sub):
     p.add_argument("--out", required=True, help="output JSONL (GSM8K schema + provenance)")
     p.add_argument("--k", type=cli.positive_int, default=100, help="samples per question per checkpoint (default %(default)s)")
     p.add_argument("--temperature", type=cli.positive_float, default=0.7, help="(default %(default)s, as Yuan et al.)")
-    p.add_argument("--top-p", type=cli.unit_float, default=1.0, help="(default %(default)s)")
-    p.add_argument("--max-new-tokens", type=cli.positive_int, help="(default: the run's eval_max_new_tokens)")
+    p.add_argument("--top-p", type=cli.unit_float, default=1.0, help="(default %(default)s, as Yuan et al.)")
+    p.add_argument("--top-k", type=int, default=50,
+                   help="(default %(default)s, Hugging Face generate's default as Yuan et al.'s sampler; 0: off, "
+                        "the kit's earlier sampler)")
+    p.add_argument("--max-new-tokens", type=cli.positive_int, default=256,
+                   help="(default %(default)s, as Yuan et al.; the kit's earlier default was the run's "
+                        "eval_max_new_tokens)")
     p.add_argument("--questions", choices=("run", "split"), default="run",
                    help="run: the runs' train examples (subset_ids.json); split: the whole train split")
     p.add_argument("--train-examples", type=cli.positive_int, metavar="N", help="only the first N questions (split order)")

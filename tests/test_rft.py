@@ -348,6 +348,9 @@ def test_curate_rft_end_to_end_and_train_on_its_output(tmp_path, src_run, tiny_m
     ids = json.loads((src_run / "subset_ids.json").read_text())
     assert rep["questions"] == 4 and rep["k"] == 2 and [s["name"] for s in rep["sources"]] == ["src@1", "src@0"]
     assert [s["new_samples"] for s in rep["sources"]] == [8, 8]
+    # Yuan et al.'s sampler by default: top-k 50 (Hugging Face's default), top-p 1.0, temperature 0.7
+    assert rep["sampling"] == {"temperature": 0.7, "top_p": 1.0, "top_k": 50, "seed": 0}
+    assert all(".k50.m12." in s["cache"] for s in rep["sources"])
     # the cached samples, graded here independently, give the report's accuracy and pass@1
     split = {e["id"]: e for e in data.load_split(DataSettings(data=tiny_cfg(tiny_model, src_run).data), "train")}
     for s in rep["sources"]:
@@ -394,14 +397,37 @@ def test_curate_rft_end_to_end_and_train_on_its_output(tmp_path, src_run, tiny_m
     assert {(r["split"], r["n"]) for r in res} == {("train", 2), ("test", 2)}
 
 
+def test_temperature_zero_samples_the_greedy_answer(tiny_model):
+    """eval_temperature 0 (the RFT recipe's greedy test accuracy, as Yuan et al. report it): every sample is
+    the greedy completion."""
+    from premem_kit.models import inference
+    from premem_kit.models import loading as models
+
+    cfg = tiny_cfg(tiny_model, "unused")
+    tok, model = models.load_tokenizer(cfg.model), models.load_base_model(cfg)
+    prompts = ["Tom has 3 apples.\nAnswer:", "What is 2 + 5?\nAnswer:"]
+    greedy, _ = inference.sample(model, tok, prompts, greedy=True, max_new_tokens=8, progress=False)
+    zero, _ = inference.sample(model, tok, prompts, n=3, temperature=0, max_new_tokens=8, progress=False)
+    assert [len(g) for g in greedy] == [1, 1] and zero == [g * 3 for g in greedy]
+    # a sampled call with top-k on draws from the model (not greedy), seeded
+    a, _ = inference.sample(model, tok, prompts, n=2, temperature=1.0, top_p=1.0, top_k=50, max_new_tokens=8,
+                            seed=3, progress=False)
+    b, _ = inference.sample(model, tok, prompts, n=2, temperature=1.0, top_p=1.0, top_k=50, max_new_tokens=8,
+                            seed=3, progress=False)
+    assert a == b and [len(x) for x in a] == [2, 2]
+
+
 def test_curate_rft_reads_a_filled_cache_filters_and_dedupes(tmp_path, src_run, tiny_model):
     """Samples already in the cache (here written by hand) are used as they are: no model is loaded."""
     ids = json.loads((src_run / "subset_ids.json").read_text())
     split = {e["id"]: e for e in data.load_split(DataSettings(data=tiny_cfg(tiny_model, src_run).data), "train")}
     meta = {"run": str(src_run), "step": 1, "model": str(tiny_model), "temperature": 0.7, "top_p": 1.0,
-            "max_new_tokens": 12, "seed": 5}
+            "max_new_tokens": 12, "seed": 5, "top_k": 50}
     cdir = tmp_path / "cache"
-    cache = rft.SampleCache(cdir / rft.cache_name("src", 1, 0.7, 1.0, 12, 5), meta)
+    # the default sampler is Yuan et al.'s (top-k 50): its cache file names the top-k
+    assert rft.cache_name("src", 1, 0.7, 1.0, 12, 5, 50) == "src.step-000001.T0.7.p1.k50.m12.s5.jsonl"
+    assert rft.cache_name("src", 1, 0.7, 1.0, 12, 5) == "src.step-000001.T0.7.p1.m12.s5.jsonl"  # top-k off
+    cache = rft.SampleCache(cdir / rft.cache_name("src", 1, 0.7, 1.0, 12, 5, 50), meta)
     want_new = 0
     for i in ids:
         sol = split[i]["solution"]

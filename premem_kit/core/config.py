@@ -23,6 +23,7 @@ from pathlib import Path
 import yaml
 
 from premem_kit.core.errors import KitError
+from premem_kit.metric import TASK_THRESHOLDS
 
 
 class ConfigError(KitError, ValueError):
@@ -120,8 +121,12 @@ class LiveSettings:
                                        "PreMemAcc as the predicted test accuracy (RUN/live_premem.jsonl)")
     live_premem_examples: int = setting(64, "train examples in the fixed subsample", low=1)
     live_premem_samples: int = setting(4, "samples per example", low=1)
-    live_premem_threshold: float = setting(-2.3, "memorization threshold on log(log(perplexity))")
-    live_premem_max_new_tokens: int = setting(256, "longest generation for the live prediction", low=1)
+    live_premem_threshold: float | None = setting(
+        None, "memorization threshold on log(log(perplexity)) (None: the authors' per task, -2.3 GSM8K, -1.7 MATH)",
+        by_task=dict(TASK_THRESHOLDS))
+    live_premem_max_new_tokens: int | None = setting(
+        None, "longest generation for the live prediction (None: per task, 256 GSM8K, 1024 MATH as its evaluation)",
+        low=1, by_task={"gsm8k": 256, "math": 1024})
 
 
 @dataclass
@@ -129,11 +134,13 @@ class EvalSettings:
     """evaluate.py's settings: from the run's config.yaml, each overridable on evaluate.py's command line."""
 
     eval_samples: int = setting(5, "samples per prompt", low=1)
-    eval_temperature: float = setting(0.8, "sampling temperature", low=0)
+    eval_temperature: float = setting(0.8, "sampling temperature (0: greedy, every sample the greedy answer)", low=0)
     eval_top_p: float | None = setting(None, "nucleus sampling p (None: the authors' per task, 0.95 GSM8K, "
                                              "1.0 MATH)", low=0, low_open=True, high=1,
                                        by_task={"gsm8k": 0.95, "math": 1.0})
-    eval_max_new_tokens: int = setting(512, "longest generation", low=1)
+    eval_max_new_tokens: int | None = setting(
+        None, "longest generation (None: the authors' per task, 512 GSM8K, 1024 MATH)", low=1,
+        by_task={"gsm8k": 512, "math": 1024})
     eval_batch_size: int = setting(32, "prompts per generate call (halves itself on CUDA OOM)", low=1)
     eval_ppl_batch_size: int = setting(16, "examples per perplexity forward pass", low=1)
     eval_train_examples: int | None = setting(None, "evaluate a seeded fixed subsample of N train ids "

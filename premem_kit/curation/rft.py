@@ -294,10 +294,12 @@ class SampleCache:
 
 
 def cache_name(run_name: str, step: int, temperature: float, top_p: float, max_new_tokens: int,
-               seed: int) -> str:
-    """File name of a checkpoint's cache: run folder name, step and the sampling settings."""
+               seed: int, top_k: int = 0) -> str:
+    """File name of a checkpoint's cache: run folder name, step and the sampling settings (top-k only when
+    on, so the caches of the earlier sampler keep their names)."""
     run_name = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_name) or "run"
-    return f"{run_name}.step-{int(step):06d}.T{temperature:g}.p{top_p:g}.m{max_new_tokens}.s{seed}.jsonl"
+    k = f".k{int(top_k)}" if top_k else ""
+    return f"{run_name}.step-{int(step):06d}.T{temperature:g}.p{top_p:g}{k}.m{max_new_tokens}.s{seed}.jsonl"
 
 
 def fill_cache(cache: SampleCache, examples: list[dict], k: int, sample_fn, batch_size: int = 32,

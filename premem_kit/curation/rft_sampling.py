@@ -4,10 +4,14 @@ write the RFT data set (rft.py's filter and dedupe) with its report and figure.
     OUT.jsonl             GSM8K schema + provenance (a train_file for train.py, train_file_mode: replace)
     OUT.report.json       distinct paths per question, pass@k, filter counts, sources
     OUT.report.{png,pdf}  pass@k, distinct paths per question, distinct paths vs k
-    CACHE/<run>.step-<step>.T<temp>.p<top_p>.m<max_new>.s<seed>.jsonl   raw samples (CACHE default
+    CACHE/<run>.step-<step>.T<temp>.p<top_p>[.k<top_k>].m<max_new>.s<seed>.jsonl   raw samples (CACHE default
                           RUN/rft_samples): a rerun, a smaller k or another pooling samples nothing, a
                           larger k only the missing samples; an interrupted run resumes after its last
                           question batch.
+
+The sampler is Yuan et al.'s (gsm8k-ScRel, single_inference_7b_13b.py: Hugging Face generate with
+do_sample, temperature 0.7, its default top-k 50 and top-p 1.0, 256 new tokens): the defaults here.
+top_k 0 and max_new_tokens None (the run's eval_max_new_tokens) give the kit's earlier sampler.
 """
 from __future__ import annotations
 
@@ -42,7 +46,8 @@ class RftOptions:
     k: int = 100
     temperature: float = 0.7
     top_p: float = 1.0
-    max_new_tokens: int | None = None  # None: each run's eval_max_new_tokens
+    top_k: int = 50                 # Hugging Face generate's default, Yuan et al.'s sampler; 0: off
+    max_new_tokens: int | None = 256  # Yuan et al.'s; None: each run's eval_max_new_tokens
     questions: str = "run"          # run: the runs' train examples; split: the whole train split
     train_examples: int | None = None
     batch_size: int | None = None   # None: each run's eval_batch_size
@@ -61,6 +66,8 @@ class RftOptions:
                 raise RftError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
         if not self.temperature > 0 or not 0 < self.top_p <= 1:
             raise RftError(f"--temperature must be > 0 and --top-p in (0, 1], got {self.temperature}, {self.top_p}")
+        if self.top_k < 0:
+            raise RftError(f"--top-k must be >= 0 (0: off), got {self.top_k}")
         if self.dedupe not in rft.DEDUPE_RULES:
             raise RftError(f"--dedupe {self.dedupe!r}: expected one of {', '.join(rft.DEDUPE_RULES)}")
         if self.arith_check not in ARITH_CHECKS:
@@ -171,7 +178,8 @@ def _sample_into(cache: rft.SampleCache, ck: Checkpoint, examples: list[dict], m
 
     def sample_fn(prompts, n, seed):
         outs, nt = inference.sample(model, tok, prompts, n=n, temperature=opts.temperature, top_p=opts.top_p,
-                                    max_new_tokens=max_new, batch_size=len(prompts), seed=seed, progress=False)
+                                    top_k=opts.top_k, max_new_tokens=max_new, batch_size=len(prompts), seed=seed,
+                                    progress=False)
         ntok[0] += nt
         bar.set_postfix(tok_s=f"{ntok[0] / max(time.time() - ts, 1e-9):.1f}")
         return outs
@@ -191,8 +199,10 @@ def sample_checkpoint(ck: Checkpoint, examples: list[dict], opts: RftOptions) ->
     max_new = opts.max_new_tokens or ck.cfg.eval_max_new_tokens
     meta = {"run": str(ck.run), "step": ck.step, "model": ck.cfg.model, "temperature": opts.temperature,
             "top_p": opts.top_p, "max_new_tokens": max_new, "seed": opts.seed}
+    if opts.top_k:  # caches of the earlier sampler (top-k off) keep their name and header
+        meta["top_k"] = opts.top_k
     cdir = Path(opts.cache_dir) if opts.cache_dir else runs.rft_cache_dir(ck.run)
-    name = rft.cache_name(ck.run.name, ck.step, opts.temperature, opts.top_p, max_new, opts.seed)
+    name = rft.cache_name(ck.run.name, ck.step, opts.temperature, opts.top_p, max_new, opts.seed, opts.top_k)
     cache = rft.SampleCache(cdir / name, meta)
     missing = sum(max(0, opts.k - cache.count(e["id"])) for e in examples)
     new = 0
@@ -233,7 +243,8 @@ def make_rft_data(opts: RftOptions) -> tuple[dict, Path]:
     write_jsonl(out, rows)
     data_mod.load_extra_file(out, task)  # the file must be one train.py accepts
     report = {"out": str(out), "task": task, "k": opts.k, "questions_from": opts.questions,
-              "sampling": {"temperature": opts.temperature, "top_p": opts.top_p, "seed": opts.seed},
+              "sampling": {"temperature": opts.temperature, "top_p": opts.top_p, "top_k": opts.top_k,
+                           "seed": opts.seed},
               "sources": src_info, **stats, "seconds": round(time.time() - t0, 1)}
     base = output_base(out)
     rpath = Path(f"{base}.report.json")

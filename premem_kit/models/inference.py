@@ -38,8 +38,12 @@ def _batched(order, bs):
 
 @torch.no_grad()
 def sample(model, tok, prompts, n=5, temperature=0.8, top_p=0.95, max_new_tokens=512, batch_size=32,
-           seed=2, stop=STOP, greedy=False, desc="sampling", progress=True):
+           seed=2, stop=STOP, greedy=False, desc="sampling", progress=True, top_k=0):
     """n completions per prompt (the text after the prompt, cut before `stop`).
+
+    top_k 0 samples from the whole (top-p) distribution, the authors' vLLM sampler; top_k 50 is Hugging
+    Face's generate default (Yuan et al.'s RFT sampler). temperature 0 is greedy decoding: one greedy
+    completion per prompt, repeated n times (greedy=True returns it once).
 
     Prompts are sorted by length (longest first, so an out-of-memory shows up on the first batch),
     left-padded, and generated with the KV cache and several return sequences per prompt; on CUDA
@@ -52,13 +56,14 @@ def sample(model, tok, prompts, n=5, temperature=0.8, top_p=0.95, max_new_tokens
     torch.manual_seed(seed)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     out: list[list[str] | None] = [None] * len(prompts)
-    n_ret = 1 if greedy else n
+    deterministic = greedy or temperature == 0
+    n_ret = 1 if deterministic else n
     gen_kw = dict(max_new_tokens=max_new_tokens, num_return_sequences=n_ret, pad_token_id=tok.pad_token_id,
                   stop_strings=[stop] if stop else None, tokenizer=tok if stop else None, use_cache=True)
-    if greedy:
+    if deterministic:
         gen_kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
-        gen_kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        gen_kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
     total_tokens = 0
     bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
     i = 0
@@ -82,6 +87,8 @@ def sample(model, tok, prompts, n=5, temperature=0.8, top_p=0.95, max_new_tokens
         texts = tok.batch_decode(new, skip_special_tokens=True)
         for k, j in enumerate(idx):
             out[j] = [cut(t, stop) for t in texts[k * n_ret:(k + 1) * n_ret]]
+            if deterministic and not greedy:
+                out[j] = out[j] * n
         i += len(idx)
         bar.update(len(idx))
         dt = max(time.time() - t0, 1e-9)

@@ -32,11 +32,15 @@ log = logging.getLogger("live_premem")
 
 
 class LivePreMemCallback(TrainerCallback):
-    def __init__(self, examples: list[dict], tokenizer, task: str, *, threshold_loglog: float = -2.3,
+    def __init__(self, examples: list[dict], tokenizer, task: str, *, threshold_loglog: float | None = None,
                  samples: int = 4, temperature: float = 0.8, top_p: float = 0.95, max_new_tokens: int = 256,
                  batch_size: int = 32, ppl_batch_size: int = 16, max_length: int | None = None,
                  seed: int = 2, history_path=None):
         self.examples, self.tok, self.task = list(examples), tokenizer, task
+        if threshold_loglog is None:  # the authors' value for the task: GSM8K -2.3, MATH -1.7
+            if task not in metric.TASK_THRESHOLDS:
+                raise ValueError(f"no default memorization threshold for task {task!r}; give threshold_loglog")
+            threshold_loglog = metric.TASK_THRESHOLDS[task]
         self.threshold = float(threshold_loglog)
         self.sampling = Sampling(task=task, samples=samples, temperature=temperature, top_p=top_p,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
