@@ -63,14 +63,19 @@ def test_every_shipped_config_loads():
 
 
 def test_recipes_sample_as_the_authors_per_task():
-    """T 0.8 everywhere; top-p 0.95 for GSM8K, 1.0 for MATH (the authors' MATH sampler)."""
+    """T 0.8 everywhere but RFT (greedy, as Yuan et al. report); top-p 0.95 for GSM8K, 1.0 for MATH (the
+    authors' MATH sampler); 512 new tokens for GSM8K, 1024 for MATH."""
     from conftest import ROOT
 
     recipes = sorted((ROOT / "configs" / "recipes").glob("*.yaml"))
     seen = set()
     for p in recipes:
         cfg = config.load_config(p)
+        if p.name.startswith("rft_"):
+            assert (cfg.eval_temperature, cfg.eval_samples, cfg.eval_max_new_tokens) == (0.0, 1, 256), p
+            continue
         assert cfg.eval_temperature == 0.8, p
+        assert cfg.eval_max_new_tokens == {"gsm8k": 512, "math": 1024}[cfg.task], p
         assert cfg.eval_top_p == {"gsm8k": 0.95, "math": 1.0}[cfg.task], p
         seen.add(cfg.task)
     assert seen == {"gsm8k", "math"}
@@ -78,6 +83,23 @@ def test_recipes_sample_as_the_authors_per_task():
     assert config.load_config(None, ["task=math"]).eval_top_p == 1.0
     assert config.load_config(None, ["task=gsm8k"]).eval_top_p == 0.95
     assert config.load_config(None, ["task=math", "eval_top_p=0.9"]).eval_top_p == 0.9
+
+
+def test_per_task_defaults_eval_length_and_live_threshold(tmp_path):
+    """A config that does not set them gets its task's: the authors' samplers generate 512 tokens for GSM8K
+    and 1024 for MATH (gsm8k_eval_samples.py, math_eval_samples.py); the memorization threshold of the live
+    prediction is -2.3 for GSM8K and -1.7 for MATH (gsm8k_analyze.ipynb, math_analyze.ipynb)."""
+    from premem_kit import metric
+
+    gsm, math_ = config.load_config(None, ["task=gsm8k"]), config.load_config(None, ["task=math"])
+    assert (gsm.eval_max_new_tokens, math_.eval_max_new_tokens) == (512, 1024)
+    assert (gsm.live_premem_threshold, math_.live_premem_threshold) == (-2.3, -1.7) == \
+        (metric.TASK_THRESHOLDS["gsm8k"], metric.TASK_THRESHOLDS["math"])
+    assert (gsm.live_premem_max_new_tokens, math_.live_premem_max_new_tokens) == (256, 1024)
+    # a value given wins, and a run's config.yaml keeps the value it was written with
+    assert config.load_config(None, ["task=math", "eval_max_new_tokens=512"]).eval_max_new_tokens == 512
+    again = config.load_config(write(tmp_path, config.dump(math_)))
+    assert again.eval_max_new_tokens == 1024 and again.live_premem_threshold == -1.7
 
 
 def test_yaml_round_trip(tmp_path):
