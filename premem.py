@@ -88,7 +88,7 @@ distance from initialization
     model, no full matrix). With lora_r = 0, the sum of squared differences to the base weights.
 ATC (Average Thresholded Confidence)
     The score of an example is the likelihood of the model's greedy response (evaluate.py --greedy:
-    RUN/records/greedy-step-XXXXXX.<split>.parquet, column likelihood). A threshold is fitted on one
+    RUN/greedy/step-XXXXXX.<split>.parquet, column likelihood). A threshold is fitted on one
     reference run (--atc-reference, default the first run; the paper uses the 3-epoch, lr 2e-5 run) at
     its last checkpoint with test greedy records: the fraction of its test examples whose score is above
     the threshold equals its test accuracy (the sampled accuracy of its test records). Every run's test

@@ -240,3 +240,17 @@ def data_dir():
     from conftest import DEMO_DATA
 
     return DEMO_DATA
+
+
+def test_records_load_in_one_line_after_a_greedy_pass(trained_run):
+    """Greedy records sit in RUN/greedy, so the sampled records read with pandas alone, and records.load
+    gives the same rows; records.load(greedy=True) the greedy ones."""
+    evaluate_run(trained_run, EvalOptions(greedy=True, steps=[8], settings={"eval_splits": ["train"]}, progress=False))
+    assert runs.greedy_path(trained_run, 8, "train").parent == trained_run / "greedy"
+    df = pd.read_parquet(trained_run / "records")
+    assert set(df.columns) >= set(records.RECORD_COLUMNS) and "likelihood" not in df.columns
+    loaded = records.load(trained_run)
+    key = ["step", "split", "variant", "id"]
+    assert loaded[key].values.tolist() == df.sort_values(key)[key].values.tolist()
+    g = records.load(trained_run, greedy=True)
+    assert list(g.columns) == list(records.GREEDY_COLUMNS) and set(g.step) == {8} and set(g.split) == {"train"}

@@ -244,7 +244,7 @@ def test_priors_errors_name_the_missing_files(cfg, tmp_path, capsys):
     assert "--atc-reference 'zzz' is none of the runs given: a" in capsys.readouterr().err
     assert premem.main(argv + ["--atc-reference", str(a)]) == 2
     err = capsys.readouterr().err
-    assert "greedy-step-XXXXXX.test.parquet" in err and "evaluate.py" in err and "--greedy" in err
+    assert "greedy/step-XXXXXX.test.parquet" in err and "evaluate.py" in err and "--greedy" in err
     # without an explicit reference, ATC is left out with a warning and the rest is written
     assert premem.main(argv) == 0
     assert "ATC left out" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import yaml
 
 from conftest import ROOT, tiny_cfg
 from premem_kit.core import config
+from premem_kit.models import precision
 from premem_kit.core import runs
 from premem_kit.training import trainer as training
 
@@ -280,4 +281,33 @@ def test_full_finetuning_recipe_builds_the_optimizer_it_names(tmp_path, tiny_mod
     decay = max(g["weight_decay"] for g in opt.param_groups)  # norms and biases get none, as in the HF Trainer
     assert decay == {"fullft_llama3_8b_gsm8k": 0.01, "fullft_gemma2_9b_math": 0.0}[recipe]
     assert trainer.args.gradient_checkpointing and next(model.parameters()).dtype == torch.float32
-    assert training.autocast_dtype(cfg, torch.float32) == "bf16"  # bf16 compute on a GPU
+    assert precision.choose(cfg.dtype, cfg.mixed_precision, "cuda", (9, 0)).autocast == "bf16"  # bf16 compute
+
+
+@pytest.mark.parametrize("dtype,mp,device,cap,want", [
+    ("auto", "auto", "cpu", None, ("fp32", "no", "bf16")),
+    ("auto", "auto", "cuda", (9, 0), ("bf16", "bf16", "bf16")),      # H100: pure bf16
+    ("auto", "auto", "cuda", (8, 0), ("bf16", "bf16", "bf16")),      # A100
+    ("auto", "auto", "cuda", (7, 5), ("fp32", "fp16", "fp16")),      # T4: fp32 master weights, fp16 autocast
+    ("auto", "auto", "cuda", (7, 0), ("fp32", "fp16", "fp16")),      # V100
+    ("fp32", "bf16", "cuda", (9, 0), ("fp32", "bf16", "bf16")),      # the full-finetuning recipes
+    ("fp32", "bf16", "cuda", (7, 5), ("fp32", "bf16", "bf16")),      # kept as configured, with a warning
+    ("fp32", "auto", "cuda", (9, 0), ("fp32", "no", "bf16")),
+    ("fp16", "auto", "cuda", (7, 5), ("fp16", "fp16", "fp16")),
+])
+def test_precision_by_device(dtype, mp, device, cap, want):
+    p = precision.choose(dtype, mp, device, cap)
+    assert (p.weights, p.autocast, p.compute_4bit) == want
+    assert ("emulated" in p.reason) == (cap is not None and cap[0] < 8 and "bf16" in (dtype, mp))
+
+
+def test_the_precision_is_logged_and_written_to_the_run(tmp_path, tiny_model, caplog):
+    import logging
+
+    cfg = tiny_cfg(tiny_model, tmp_path / "run", num_epochs=1, max_train_examples=4)
+    with caplog.at_level(logging.INFO, logger="train"):
+        training.run_training(cfg)
+    written = json.loads(runs.precision_path(cfg.run_dir).read_text())
+    assert written == {"weights": "fp32", "autocast": "no", "compute_4bit": "bf16", "device": "cpu",
+                       "reason": "CPU: fp32 weights, no autocast; weights fp32, autocast no, 4-bit compute bf16"}
+    assert "precision: CPU: fp32 weights" in caplog.text

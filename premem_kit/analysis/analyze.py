@@ -2,6 +2,7 @@
 
 analyze() writes to its output folder:
     summary.json                   threshold, R^2 / Pearson r, runs, points, sweep, files, timing_s
+    points.csv                     one row per run and checkpoint: mean PreMemAcc, train and test accuracy
     sweep.csv                      R^2 and Pearson r per loglog grid threshold
     premem_examples.parquet/.csv   per example at each run's last checkpoint (example_table)
     figures/                       fig1, fig3, fig4, r2_vs_threshold (.png, .pdf)
@@ -32,7 +33,7 @@ CONVENTION = (
     "PreMemAcc_m = min(max_{1<=m'<=m} acc_m' * 1[not memorized_m'], acc_m) over trained checkpoints; "
     "step 0 (the base model) counts as a checkpoint only with include_step0"
 )
-TABLE_FILES = ["summary.json", "sweep.csv", "premem_examples.parquet", "premem_examples.csv"]
+TABLE_FILES = ["summary.json", "points.csv", "sweep.csv", "premem_examples.parquet", "premem_examples.csv"]
 
 
 def analyze(
@@ -78,7 +79,7 @@ def analyze(
                    sweep_grid=dict(min=float(grid[0]), max=float(grid[-1]), points=int(grid.size)),
                    convention=CONVENTION, runs=[run_entry(r, r.name in calib_names) for r in runs],
                    points=points.to_dict(orient="records"), sweep=sweep.to_dict(orient="records"))
-    write_tables(out, sweep, example_table(runs, t, fragile_t))
+    write_tables(out, points, sweep, example_table(runs, t, fragile_t))
     clock.append(time.perf_counter())
 
     fig_files = make_figures(runs, points, sweep, summary, out / "figures", fig3_run=fig3_run) if figures else []
@@ -187,8 +188,9 @@ def example_table(runs: list[RunData], t: float, fragile_t: float) -> pd.DataFra
     return pd.concat(frames, ignore_index=True)
 
 
-def write_tables(out: Path, sweep: pd.DataFrame, examples: pd.DataFrame) -> None:
+def write_tables(out: Path, points: pd.DataFrame, sweep: pd.DataFrame, examples: pd.DataFrame) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "points.csv", points.to_csv(index=False))
     atomic_write_text(out / "sweep.csv", sweep.to_csv(index=False))
     atomic_write_parquet(out / "premem_examples.parquet", examples)
     atomic_write_text(out / "premem_examples.csv", examples.to_csv(index=False))
@@ -247,5 +249,5 @@ def print_summary(s: dict, out: Path) -> None:
     if "r2_heldout" in s:
         print(f"calibration runs: R^2 = {fmt(s['r2_calibration'])}   held-out runs: R^2 = {fmt(s['r2_heldout'])}"
               f"  Pearson r = {fmt(s['pearson_r_heldout'])}")
-    print(f"wrote {out}/summary.json, sweep.csv, premem_examples.parquet/.csv"
+    print(f"wrote {out}/summary.json, points.csv, sweep.csv, premem_examples.parquet/.csv"
           + (", figures/" if any(f.startswith("figures") for f in s["files"]) else ""))

@@ -59,7 +59,7 @@ def fit_atc(ref: RunData) -> dict:
                     "threshold": t, "reference_fraction_above": atc_predict(scores, t), "n_test": int(scores.size)}
     raise PriorsError(
         f"{ref.path}: ATC reference run has no checkpoint with both test records and test greedy records "
-        f"({ref.path}/records/greedy-step-XXXXXX.test.parquet); make them with:\n  " + GREEDY_HINT.format(run=ref.path))
+        f"({ref.path}/greedy/step-XXXXXX.test.parquet); make them with:\n  " + GREEDY_HINT.format(run=ref.path))
 
 
 def priors_table(runs: list[RunData], t: float, atc: dict | None, cached: dict) -> pd.DataFrame:

@@ -107,15 +107,16 @@ def write_greedy(path, rows: list[dict]):
     return table
 
 
-def read_columns(path, columns: list[str]):
-    """Some columns of a record file as an Arrow table; RecordError names a torn or foreign file."""
+def read_columns(path, columns: list[str], schema: dict | None = None):
+    """Some columns of a record file (schema: RECORD_COLUMNS, or GREEDY_COLUMNS) as an Arrow table;
+    RecordError names a torn or foreign file."""
     import pyarrow.parquet as pq
 
     try:
         names = pq.read_schema(path).names
     except Exception as e:  # noqa: BLE001 - pyarrow raises several types
         raise RecordError(f"{path}: cannot read Parquet record file ({type(e).__name__}: {e})") from None
-    missing = [c for c in RECORD_COLUMNS if c not in names]
+    missing = [c for c in (schema or RECORD_COLUMNS) if c not in names]
     if missing:
         raise RecordError(f"{path}: not a record file, missing columns {missing}")
     try:
@@ -131,6 +132,27 @@ def read_records(path):
         if k not in df.columns:
             df[k] = default
     return df
+
+
+def load(run, greedy: bool = False):
+    """Every record of a run as one pandas DataFrame, sorted by step, split, variant and id: the sampled
+    records (RUN/records; the same rows as pd.read_parquet(RUN / "records")), or with greedy=True the
+    greedy ones. Optional columns are filled in for files written before they existed."""
+    import pandas as pd
+
+    from premem_kit.core import runs
+
+    if greedy:
+        paths = runs.list_greedy(run)
+        frames = [read_columns(p, list(GREEDY_COLUMNS), GREEDY_COLUMNS).to_pandas() for p in paths]
+        keys, cols = ["step", "split", "id"], list(GREEDY_COLUMNS)
+    else:
+        paths = [p for _, _, _, p in runs.list_records(run)]
+        frames = [read_records(p) for p in paths]
+        keys, cols = ["step", "split", "variant", "id"], list(RECORD_COLUMNS) + list(OPTIONAL_COLUMNS)
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True).sort_values(keys, kind="stable", ignore_index=True)
 
 
 def is_readable(path) -> bool:

@@ -5,10 +5,11 @@
     RUN/log.jsonl                   one line per optimizer step: step, epoch, loss, learning_rate, ...
     RUN/train_summary.json          written when training finishes
     RUN/live_premem.jsonl           (live PreMemAcc) one line per checkpoint
+    RUN/precision.json              weights dtype, mixed precision and 4-bit compute dtype chosen, and why
     RUN/.lock                       held while train.py or evaluate.py works on the run
     RUN/checkpoint-<step>/          adapter + trainer state (HF Trainer layout) + .complete marker
     RUN/records/step-<step:06d>.<split>.<variant>.parquet   per-example records (records.py schema)
-    RUN/records/greedy-step-<step:06d>.<split>.parquet      greedy answers and likelihoods
+    RUN/greedy/step-<step:06d>.<split>.parquet              greedy answers and likelihoods
     RUN/priors/step-<step:06d>.json                          prior metrics per checkpoint
     RUN/rft_samples/*.jsonl                                  raw samples cached by curate.py rft
 
@@ -27,9 +28,11 @@ SUBSET_IDS = "subset_ids.json"
 LOG = "log.jsonl"
 TRAIN_SUMMARY = "train_summary.json"
 LIVE_PREMEM = "live_premem.jsonl"
+PRECISION = "precision.json"
 LOCK = ".lock"
 COMPLETE = ".complete"  # written into a checkpoint once it is whole; marks it as the kit's own
 RECORDS = "records"
+GREEDY = "greedy"
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
 _RECORD_RE = re.compile(r"^step-(\d+)\.([a-z]+)\.([a-z_]+)\.parquet$")
@@ -53,6 +56,7 @@ log_path = _file_in_run(LOG)
 summary_path = _file_in_run(TRAIN_SUMMARY)
 live_premem_path = _file_in_run(LIVE_PREMEM)
 lock_path = _file_in_run(LOCK)
+precision_path = _file_in_run(PRECISION)
 
 
 def checkpoint_dir(run, step: int) -> Path:
@@ -122,7 +126,11 @@ def record_path(run, step: int, split: str, variant: str = "original") -> Path:
 
 
 def greedy_path(run, step: int, split: str) -> Path:
-    return records_dir(run) / f"greedy-step-{int(step):06d}.{split}.parquet"
+    """Where the greedy record of a checkpoint is: RUN/greedy/, beside RUN/records/ so that
+    pd.read_parquet(RUN/records) reads the sampled records alone; a run folder written before keeps its
+    greedy records in RUN/records/greedy-step-*.parquet, and they are found there."""
+    legacy = records_dir(run) / f"greedy-step-{int(step):06d}.{split}.parquet"
+    return legacy if legacy.exists() else Path(run) / GREEDY / f"step-{int(step):06d}.{split}.parquet"
 
 
 def list_records(run) -> list[tuple[int, str, str, Path]]:
@@ -135,6 +143,11 @@ def list_records(run) -> list[tuple[int, str, str, Path]]:
             if m:
                 out.append((int(m.group(1)), m.group(2), m.group(3), p))
     return sorted(out)
+
+
+def list_greedy(run) -> list[Path]:
+    """The greedy record files of a run (RUN/greedy, and RUN/records/greedy-step-* of older runs)."""
+    return sorted(list((Path(run) / GREEDY).glob("step-*.parquet")) + list(records_dir(run).glob("greedy-step-*.parquet")))
 
 
 def priors_path(run, step: int) -> Path:

@@ -14,6 +14,7 @@ import torch
 from premem_kit.core.config import ModelSettings
 from premem_kit.core.errors import KitError
 from premem_kit.core.hub import load_failure, offline_reason
+from premem_kit.models.precision import Precision, for_this_machine
 
 log = logging.getLogger("models")
 
@@ -105,12 +106,9 @@ def resolve_quantization(q: str) -> str:
     return q
 
 
-def resolve_dtype(d: str) -> torch.dtype:
-    if d == "auto":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.float32
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[d]
+def precision_of(cfg: ModelSettings) -> Precision:
+    """The config's precision on this machine (models/precision.py)."""
+    return for_this_machine(cfg.dtype, cfg.mixed_precision)
 
 
 def load_base_model(cfg: ModelSettings, for_training: bool = False):
@@ -119,8 +117,8 @@ def load_base_model(cfg: ModelSettings, for_training: bool = False):
 
     src, gguf = resolve_source(cfg.model)
     quant = resolve_quantization(cfg.quantization)
-    dtype = resolve_dtype(cfg.dtype)
-    kw = {"dtype": dtype}
+    prec = precision_of(cfg)
+    kw = {"dtype": prec.torch_dtype()}
     if gguf:
         kw["gguf_file"] = gguf
     if cfg.attn_implementation:
@@ -128,7 +126,7 @@ def load_base_model(cfg: ModelSettings, for_training: bool = False):
     if quant == "4bit":
         kw["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16 if dtype != torch.float16 else torch.float16)
+            bnb_4bit_compute_dtype=prec.torch_dtype("compute_4bit"))
     elif quant == "8bit":
         kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     # Straight onto this process's GPU (accelerate has set it): an 8-9B model is never built in host
@@ -195,7 +193,7 @@ def load_checkpoint(cfg: ModelSettings, checkpoint_dir, base=None):
     if cfg.lora_r == 0:
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(ckpt, dtype=resolve_dtype(cfg.dtype)).eval()
+        return AutoModelForCausalLM.from_pretrained(ckpt, dtype=precision_of(cfg).torch_dtype()).eval()
     check_adapter(ckpt)
     base = base if base is not None else load_base_model(cfg)
     return PeftModel.from_pretrained(base, str(ckpt)).eval()

@@ -105,7 +105,7 @@ def training_arguments(cfg: Config, run: Path, world_size: int):
 
     accum = accumulation_steps(cfg, world_size)
     on_gpu = torch.cuda.is_available()
-    mp = autocast_dtype(cfg, models.resolve_dtype(cfg.dtype))
+    mp = models.precision_of(cfg).autocast
     gc = cfg.gradient_checkpointing
     return TrainingArguments(
         output_dir=str(run), per_device_train_batch_size=cfg.micro_batch_size,
@@ -123,15 +123,6 @@ def training_arguments(cfg: Config, run: Path, world_size: int):
         dataloader_pin_memory=on_gpu,
         use_cpu=not on_gpu and world_size > 1,  # CPU processes under accelerate launch: gloo (parallel.py)
         disable_tqdm=False)
-
-
-def autocast_dtype(cfg: Config, weights_dtype) -> str:
-    """bf16 | fp16 | no: the Trainer's mixed precision (config mixed_precision; auto = the weights' dtype)."""
-    import torch
-
-    if cfg.mixed_precision != "auto":
-        return cfg.mixed_precision
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(weights_dtype, "no")
 
 
 def run_files_callback(cfg: Config, run: Path):
@@ -225,10 +216,15 @@ def run_training(cfg: Config) -> dict:
 
 
 def _train(cfg, run, examples, tok, model, state) -> dict:
+    from premem_kit.models.loading import precision_of
+
+    precision = precision_of(cfg)
+    log.info("precision: %s", precision.reason)
     if state.is_main_process:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(runs.config_path(run), config_mod.dump(cfg))
         atomic_write_json(runs.subset_ids_path(run), [e["id"] for e in examples])
+        atomic_write_json(runs.precision_path(run), precision.as_dict())
         resume = clean_for_resume(run)
     state.wait_for_everyone()
     if not state.is_main_process:
