@@ -26,7 +26,7 @@ scaling  SFT data scaling: one run per fraction of the train set (nested seeded 
          writes OUT/scaling.{json,png,pdf}. Finished runs and existing records are skipped.
 
 select   P'(x) from a trained run's original train examples (D_train): --strategy premem (PreMemAcc < --t,
-         memorization threshold the task's: GSM8K -2.3, MATH -1.7), iid, ifd, heuristic.
+         memorization threshold the task's in the authors' curation: GSM8K -2.4, MATH -1.7), iid, ifd, heuristic.
 collect  N' new examples derived from a selection: --collector pool (--pool FILE.jsonl | holdout) or
          rephrase (OpenAI-compatible endpoint or local HF model; cached, retried, rate-limited).
 algo1    Algorithm 1: --rounds n of train, evaluate, PreMemAcc, choose P', collect N'; OUT/round-K/.

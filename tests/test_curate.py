@@ -77,7 +77,7 @@ def test_premem_and_iid_selection_on_synthetic_records(tmp_path):
     got = json.loads(out.read_text())
     assert got["selected"] == ["gsm8k/train/1", "gsm8k/train/2", "gsm8k/train/4", "gsm8k/train/5"]
     assert got["n_examples"] == 6 and "curated/premem/r1/c0" not in got["scores"]
-    assert (got["mem_threshold"], got["mem_threshold_source"], got["select_from"]) == (-2.3, "gsm8k default",
+    assert (got["mem_threshold"], got["mem_threshold_source"], got["select_from"]) == (-2.4, "gsm8k default",
                                                                                        "original")
     assert curate.main(["select", str(run), "--strategy", "premem", "--out", str(out), "--select-from", "all"]) == 0
     assert json.loads(out.read_text())["selected"] == sel["selected"]
@@ -554,7 +554,7 @@ def test_algorithm1_chooses_p_prime_among_d_train_only(tmp_path):
     assert set(sel["scores"]) == seed_ids and sel["n_examples"] == 8 and sel["select_from"] == "original"
     assert sel["selected"] and not any(i.startswith("curated/") for i in sel["selected"])
     assert sel["selected"] == [i for i in sel["scores"] if sel["scores"][i] < 0.75]
-    assert sel["mem_threshold"] == -2.3
+    assert sel["mem_threshold"] == -2.4
     # select_from "all" (the kit's earlier rule): the same run's curated rows are chosen too
     algorithm1.run_algorithm1(base, tmp_path / "all", selection=select_all, **kw)
     sel_all = json.loads((tmp_path / "all" / "round-1" / "selection.json").read_text())
@@ -569,15 +569,23 @@ def test_algorithm1_chooses_p_prime_among_d_train_only(tmp_path):
 
 
 def test_memorization_threshold_is_the_tasks_unless_given(tmp_path, capsys):
-    ppl = math.exp(math.exp(-2.0))  # loglog -2.0: memorized under MATH's -1.7, not under GSM8K's -2.3
+    """The authors' curation notebooks: GSM8K -2.4 (gsm8k_calculate_unmemorized_acc.ipynb), MATH -1.7
+    (math_amrith.ipynb); Figure 4's GSM8K -2.3 is --mem-threshold -2.3."""
+    ppl = math.exp(math.exp(-2.0))  # loglog -2.0: memorized under MATH's -1.7, not under GSM8K's -2.4
     for task, want in (("gsm8k", 1.0), ("math", 0.0)):
         run = write_synthetic_run(tmp_path / task, [4, 8], [[1.0], [1.0]], [[ppl], [ppl]],
                                   config=tiny_cfg("unused-model", tmp_path / task, task=task))
         assert selection.premem_scores(run) == {"gsm8k/train/0": want}
     assert selection.premem_scores(tmp_path / "math", -2.3) == {"gsm8k/train/0": 1.0}
+    # loglog -2.35: memorized under Figure 4's -2.3, not under the curation default -2.4
+    mid = math.exp(math.exp(-2.35))
+    run = write_synthetic_run(tmp_path / "mid", [4, 8], [[1.0], [1.0]], [[mid], [mid]],
+                              config=tiny_cfg("unused-model", tmp_path / "mid", task="gsm8k"))
+    assert selection.premem_scores(run) == {"gsm8k/train/0": 1.0}
+    assert selection.premem_scores(run, -2.3) == {"gsm8k/train/0": 0.0}
     summary = tmp_path / "summary.json"
     summary.write_text(json.dumps({"threshold_loglog": -1.9}))
-    assert selection.resolve_mem_threshold("gsm8k") == (-2.3, "gsm8k default")
+    assert selection.resolve_mem_threshold("gsm8k") == (-2.4, "gsm8k default")
     assert selection.resolve_mem_threshold("math") == (-1.7, "math default")
     assert selection.resolve_mem_threshold("gsm8k", threshold_from=summary) == (-1.9, f"from {summary}")
     assert selection.resolve_mem_threshold("math", -2.5) == (-2.5, "given")
@@ -585,10 +593,10 @@ def test_memorization_threshold_is_the_tasks_unless_given(tmp_path, capsys):
         selection.resolve_mem_threshold("math", -2.5, summary)
     # Algorithm 1 and its command-line options: the task's unless given
     assert algorithm1.Algorithm1(config.Config(task="math"), tmp_path, "premem", [1], []).threshold == -1.7
-    assert algorithm1.Algorithm1(config.Config(task="gsm8k"), tmp_path, "premem", [1], []).threshold == -2.3
+    assert algorithm1.Algorithm1(config.Config(task="gsm8k"), tmp_path, "premem", [1], []).threshold == -2.4
     assert algorithm1.LoopOptions(n_new=[1]).selection("math").mem_threshold == -1.7
     assert algorithm1.LoopOptions(n_new=[1], threshold_from=str(summary)).selection("math").mem_threshold == -1.9
-    # curate.py select: GSM8K's -2.3 keeps the example out of P'; --threshold-from -1.9 puts it in
+    # curate.py select: GSM8K's -2.4 keeps the example out of P'; --threshold-from -1.9 puts it in
     out = tmp_path / "sel.json"
     base = ["select", str(tmp_path / "gsm8k"), "--strategy", "premem", "--out", str(out)]
     assert curate.main(base) == 0 and json.loads(out.read_text())["selected"] == []
@@ -602,4 +610,4 @@ def test_memorization_threshold_is_the_tasks_unless_given(tmp_path, capsys):
         curate.main([*base, "--threshold-from", str(summary), "--mem-threshold", "-2"])
     assert "not allowed with argument" in capsys.readouterr().err
     helptext = curate.build_parser()._subparsers._group_actions[0].choices["algo1"].format_help()
-    assert "default: the task's, GSM8K -2.3, MATH -1.7" in " ".join(helptext.split())
+    assert "default: the task's, GSM8K -2.4, MATH -1.7" in " ".join(helptext.split())

@@ -5,7 +5,8 @@ Choose P'(x), the train examples new data should resemble, from a trained run by
 (selection.py); collect N' new examples derived from P'(x) with a collector (collectors.py); repeat for n
 rounds. As the paper's line 6 (PreMemAcc on D_train), P'(x) is chosen among D_train, the seed examples of
 round 0, never among the curated rows later rounds also train on (select_from "all": among both, the
-kit's earlier rule). The premem memorization threshold is the task's (GSM8K -2.3, MATH -1.7) unless given.
+kit's earlier rule). The premem memorization threshold is the task's in the authors' curation notebooks (GSM8K
+-2.4, MATH -1.7) unless given.
 
 OUT layout
 ----------
@@ -282,7 +283,7 @@ class Selection:
     """How P'(x) is chosen each round (Algorithm 1, line 6)."""
 
     t: float = DEFAULT_T                # premem: PreMemAcc cut
-    mem_threshold: float | None = None  # loglog memorization threshold; None: the task's (GSM8K -2.3, MATH -1.7)
+    mem_threshold: float | None = None  # loglog memorization threshold; None: the task's (GSM8K -2.4, MATH -1.7)
     fraction: float | None = None       # ifd / heuristic: the top fraction (None: the paper's per task)
     select_from: str = "original"       # P'(x) among D_train (the seed examples) or "all" (+ curated rows)
 

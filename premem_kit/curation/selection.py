@@ -2,8 +2,8 @@
 
 premem     train examples whose PreMemAcc at the run's last checkpoint is below t (default 0.75). PreMemAcc
            is the metric over the trained checkpoints with train records; the memorization threshold
-           (loglog convention) is the task's, GSM8K -2.3 and MATH -1.7 (curation.MEM_THRESHOLDS), unless
-           given (--mem-threshold X) or read from a `premem.py analyze` summary.json (--threshold-from).
+           (loglog convention) is the task's in the authors' curation notebooks, GSM8K -2.4 and MATH -1.7
+           (MEM_THRESHOLDS), unless given (--mem-threshold X) or read from a `premem.py analyze` summary.json (--threshold-from).
 iid        every train example (P'(x) = D_train; new data is drawn uniformly).
 ifd        Instruction-Following Difficulty = perplexity(y | x) / perplexity(y) from a scorer model trained
            briefly on data disjoint from the scored set (the paper: the test split, 2 epochs); the top 50%
@@ -50,7 +50,7 @@ def d_train(examples: list[dict], select_from: str = "original", ids=None) -> li
 def resolve_mem_threshold(task: str, mem_threshold: float | None = None,
                           threshold_from=None) -> tuple[float, str]:
     """(loglog memorization threshold, where it came from): given, read from the summary.json of a
-    `premem.py analyze` run (threshold_loglog), or else the task's (GSM8K -2.3, MATH -1.7)."""
+    `premem.py analyze` run (threshold_loglog), or else the task's (GSM8K -2.4, MATH -1.7)."""
     if mem_threshold is not None and threshold_from is not None:
         raise CurationError("give --mem-threshold or --threshold-from, not both")
     if mem_threshold is not None:
