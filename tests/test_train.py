@@ -311,3 +311,33 @@ def test_the_precision_is_logged_and_written_to_the_run(tmp_path, tiny_model, ca
     assert written == {"weights": "fp32", "autocast": "no", "compute_4bit": "bf16", "device": "cpu",
                        "reason": "CPU: fp32 weights, no autocast; weights fp32, autocast no, 4-bit compute bf16"}
     assert "precision: CPU: fp32 weights" in caplog.text
+
+
+def test_live_callback_takes_a_padless_tokenizer_and_a_chat_template(tmp_path, tiny_model):
+    """A tokenizer without a pad token (Llama-3 in a plain Trainer) gets its EOS token when the callback is
+    made; prompt_format="chat" scores through the tokenizer's chat template; a bad format fails at once."""
+    from transformers import AutoTokenizer
+
+    from premem_kit.models import loading as models
+    from premem_kit.tasks import data
+    from premem_kit.training.callbacks import LivePreMemCallback
+
+    cfg = tiny_cfg(tiny_model, tmp_path / "unused")
+    exs = data.train_examples(cfg)[:2]
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.pad_token = None
+    assert tok.pad_token is None
+    plain = LivePreMemCallback(exs, tok, "gsm8k", samples=1, max_new_tokens=4)
+    assert tok.pad_token == tok.eos_token == "</s>"
+    assert [e["prompt"] for e in plain.examples] == [e["prompt"] for e in exs]
+    with pytest.raises(ValueError, match="no chat template"):
+        LivePreMemCallback(exs, tok, "gsm8k", prompt_format="chat")
+    tok.chat_template = "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant]"
+    chat = LivePreMemCallback(exs, tok, "gsm8k", samples=1, max_new_tokens=4, prompt_format="chat")
+    assert [e["prompt"] for e in chat.examples] == [f"<s>[user] {e['question']}\n[assistant]" for e in exs]
+    model = models.load_base_model(cfg)
+    row_plain, row_chat = plain.score(model, 1, 1.0), chat.score(model, 1, 1.0)
+    assert all(math.isfinite(p) for p in row_plain["ppl"] + row_chat["ppl"])
+    assert row_plain["ppl"] != row_chat["ppl"]  # the same targets after other prompts
+    with pytest.raises(ValueError, match="expected 'plain', 'chat' or a function"):
+        LivePreMemCallback(exs, tok, "gsm8k", prompt_format="alpaca")
