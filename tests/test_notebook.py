@@ -4,8 +4,10 @@ No Jupyter in the test environment: the code cells are executed in order with pl
 namespace, as a kernel would. Cells tagged `colab-only` (clone + pip install, written with IPython's
 `!`/`%` syntax) are skipped; every other cell must be plain Python."""
 import json
+import os
 import re
 
+import pytest
 import yaml
 
 from premem_kit.core import config
@@ -63,3 +65,14 @@ def test_notebook_runs_top_to_bottom_on_the_tiny_model(tmp_path, tiny_model, mon
     assert "gsm8k_tiny_2ep_full_lr1e-3" in out and "evaluate" in out
     assert (tmp_path / "runs" / "analysis" / "figures" / "fig4.png").exists()
     assert ns["summary"]["threshold_loglog"] == 5.0
+
+
+def test_the_first_cell_finds_the_checkout_or_names_the_one_line_to_edit(tmp_path, monkeypatch):
+    first = code_cells()[0][1]
+    monkeypatch.chdir(ROOT / "notebooks")  # opened from the checkout's notebooks/ folder
+    exec(compile(first, "cell 0", "exec"), {"__name__": "__main__"})
+    assert os.getcwd() == str(ROOT)
+    monkeypatch.chdir(tmp_path)  # anywhere else, with REPO_URL not set: stop before anything is cloned
+    with pytest.raises(RuntimeError, match=r'Edit one line in this cell: REPO_URL = "https://github.com/'):
+        exec(compile(first, "cell 0", "exec"), {"__name__": "__main__"})
+    assert list(tmp_path.iterdir()) == []
