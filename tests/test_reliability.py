@@ -200,6 +200,28 @@ def test_analyze_bad_input_writes_nothing(tmp_path, capsys, args, phrase):
     assert not out.exists()
 
 
+FETCH_CASES = [  # fetch-published, refused while parsing (the network cases: tests/test_download.py)
+    (["--samples", "0"], "argument --samples: expected a whole number >= 1, got 0"),
+    (["--samples", "-3"], "argument --samples: expected a whole number >= 1, got -3"),
+    (["--timeout", "0"], "argument --timeout: expected a number > 0"),
+    (["--timeout", "-1"], "argument --timeout: expected a number > 0"),
+    (["--timeout", "nan"], "argument --timeout: expected a finite number"),
+    (["--base-url", "ftp://bob:pw-SECRET@host/"], "base URL 'ftp://***@host/': expected http://HOST/"),
+    (["--base-url", "bob:pw-SECRET@host/"], "base URL '***@host/': expected http://HOST/"),
+    (["--base-url", "http://bob:pw-SECRET@host:port/"], "cannot be read (the host or its port)"),
+    (["--base-url", "https://host/x?token=pw-SECRET#top"], "https://host/x?token=***: a #fragment is never sent"),
+    (["--base-url", "file:///tmp/ckpts"], "expected http://HOST/... or https://HOST/..."),
+]
+
+
+@pytest.mark.parametrize("args,phrase", FETCH_CASES, ids=[" ".join(c[0]) for c in FETCH_CASES])
+def test_fetch_published_bad_input_writes_nothing(tmp_path, capsys, args, phrase):
+    out = tmp_path / "out"
+    code, err = run_main(premem.main, ["fetch-published", str(out), *args], capsys)
+    assert code == 2 and phrase in err and "pw-SECRET" not in err, err
+    assert not out.exists()
+
+
 def test_analyze_without_records_says_what_to_run(tmp_path, capsys):
     (tmp_path / "r").mkdir()
     code, err = run_main(premem.main, ["analyze", str(tmp_path / "r"), "--out", str(tmp_path / "o")], capsys)
