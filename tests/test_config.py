@@ -14,7 +14,7 @@ def write(tmp_path, text):
 
 def test_defaults_file_and_overrides(tmp_path):
     cfg = config.load_config(write(tmp_path, "learning_rate: 1.0e-4\nnum_epochs: 6\n"),
-                             ["batch_size=24", "micro_batch_size=8", "math_levels=[1,2,3]", "tokenizer="])
+                             ["batch_size=24", "micro_batch_size=8", "task=math", "math_levels=[1,2,3]", "tokenizer="])
     assert cfg.learning_rate == 1e-4 and cfg.num_epochs == 6
     assert cfg.batch_size == 24 and cfg.math_levels == [1, 2, 3] and cfg.tokenizer is None
     assert cfg.warmup_steps == config.Config().warmup_steps == 20
@@ -104,7 +104,7 @@ def test_per_task_defaults_eval_length_and_live_threshold(tmp_path):
 
 def test_yaml_round_trip(tmp_path):
     """YAML -> Config -> YAML -> Config gives the same object and the same text."""
-    cfg = config.load_config(ROOT / "configs" / "arith_demo.yaml", ["math_levels=[1, 2]", "subset_fraction=1/4"])
+    cfg = config.load_config(ROOT / "configs" / "arith_demo.yaml", ["task=math", "math_levels=[1, 2]", "subset_fraction=1/4"])
     text = config.dump(cfg)
     again = config.load_config(write(tmp_path, text))
     assert again == cfg and config.dump(again) == text
@@ -199,3 +199,12 @@ def test_the_forms_set_the_same_field():
     assert cfg.eval_splits == ["test"] and cfg.gradient_checkpointing is True
     with pytest.raises(SystemExit):  # the same key in two spellings is not last-wins
         overrides.parse(train.build_parser(), [argv[0], "--num_epochs", "2", "--num_train_epochs", "3"], config.FIELDS)
+
+
+def test_options_that_do_not_apply_and_home_paths():
+    with pytest.raises(config.ConfigError, match="math_levels filters MATH; this config's task is gsm8k"):
+        config.load_config(None, ["math_levels=[1, 2]"])
+    assert config.load_config(None, ["task=math", "math_levels=[1]"]).math_levels == [1]
+    import os
+
+    assert config.load_config(None, ["run_dir=~/runs/x"]).run_dir == os.path.expanduser("~/runs/x")

@@ -117,3 +117,32 @@ def test_extra_train_file_keeps_provenance(tmp_path):
     exs = data.load_extra_file(p, "gsm8k")
     assert [e["id"] for e in exs] == ["rft/0", "rft/1"]
     assert exs[0]["meta"] == {"source_id": "gsm8k/train/1"} and exs[1]["reference"] == "4"
+
+
+def test_one_prompt_length_policy_for_training_perplexity_and_sampling(tiny_model):
+    """A prompt of more than max_length - 1 tokens keeps its BOS and its last tokens (the question's end and
+    "\\nAnswer:"), in training, perplexity and sampling alike; the target keeps at least one token."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from premem_kit.models import inference
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    long_q = " ".join(["Tom has 3 apples and buys 4 more."] * 400)  # about 3,000 words
+    prompt, target = data.make_prompt(long_q), data.make_target("3 + 4 = 7\n#### 7")
+    ids, cut = data.tokenize_prompt(tok, prompt, 64)
+    assert cut and len(ids) == 63 and ids[0] == tok.bos_token_id
+    assert tok.decode(ids[1:]).endswith("\nAnswer:")
+    enc = data.encode(tok, prompt, target, 64)
+    assert len(enc["input_ids"]) == 64 and enc["prompt_cut"] and enc["target_cut"]
+    assert enc["input_ids"][:63] == ids and sum(x != -100 for x in enc["labels"]) == 1
+    short = data.encode(tok, data.make_prompt("What is 3 + 4?"), target, 64)
+    assert not short["prompt_cut"]
+    model = LlamaForCausalLM.from_pretrained(tiny_model).eval()
+    seen = []
+    hook = model.model.embed_tokens.register_forward_hook(lambda m, a, out: seen.append(a[0].shape[1]))
+    inference.sample(model, tok, [prompt], n=1, max_new_tokens=2, batch_size=1, progress=False, max_length=64)
+    hook.remove()
+    assert seen[0] == 63  # generate saw the cut prompt (then one token per step)
+    nll, n = inference.target_nll(model, tok, [prompt], [target], max_length=64, progress=False)
+    assert n == [1] and torch.isfinite(torch.tensor(nll)).all()

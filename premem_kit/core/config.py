@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -54,7 +55,8 @@ class ModelSettings:
                                  "else fp32)", choices=("auto", "bf16", "fp16", "fp32"))
     mixed_precision: str = setting(
         "auto", "auto | bf16 | fp16 | no: autocast on GPU (auto: the weights' dtype, so bf16 weights train in pure "
-                "bf16; fp32 weights + bf16 = the authors' fp32 master weights with bf16 compute)",
+                "bf16; fp32 weights + fp16 / bf16 = the authors' fp32 master weights with fp16 (GSM8K) / bf16 "
+                "(MATH) compute)",
         choices=("auto", "bf16", "fp16", "no"))
     lora_r: int = setting(16, "LoRA rank (0 = full finetuning, no adapter)", low=0)
     lora_alpha: int | float = setting(32, "LoRA alpha", low=0, low_open=True)
@@ -287,6 +289,10 @@ def validate(cfg: Config, where: str = "config") -> Config:
             setattr(cfg, name, by_task[cfg.task])
     if cfg.subset_fraction is not None:
         parse_fraction(cfg.subset_fraction)
+    if cfg.math_levels and cfg.task != "math":
+        raise ConfigError(f"{where}: math_levels filters MATH; this config's task is {cfg.task} (remove math_levels "
+                          f"or set task: math)")
+    cfg.run_dir = os.path.expanduser(cfg.run_dir)  # run_dir: ~/x is a folder in the home, as data and model paths
     if cfg.batch_size % cfg.micro_batch_size:
         raise ConfigError(f"{where}: batch_size ({cfg.batch_size}) must be a multiple of micro_batch_size "
                           f"({cfg.micro_batch_size})")

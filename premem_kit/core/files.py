@@ -7,6 +7,7 @@ disk is dropped with a warning instead of making every resume fail.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -30,21 +31,43 @@ def _publish(tmp: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+class WriteError(KitError, OSError):
+    """A file the kit could not write: a full disk, a read-only or forbidden folder; the message names it."""
+
+
+# errno -> what to tell the user; other OSErrors stay tracebacks (they are bugs or stranger trouble)
+UNWRITABLE = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+              errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+              errno.EPERM: "permission denied", errno.ENOTDIR: "a part of the path is a file, not a folder"}
+
+
 def atomic_write_with(path, write) -> None:
-    """Call write(binary_file) on a temp file beside `path`, fsync, then rename it to `path`."""
+    """Call write(binary_file) on a temp file beside `path`, fsync, then rename it to `path`. A full disk
+    or a read-only folder is a WriteError naming the file; nothing half-written is left, so the same
+    command resumes once there is room."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as e:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise_unwritable(e, path)
         raise
+
+
+def raise_unwritable(e: OSError, path) -> None:
+    """A full disk, a read-only or forbidden place as a WriteError naming `path`; other errors unchanged."""
+    if e.errno in UNWRITABLE:
+        raise WriteError(f"cannot write {path}: {UNWRITABLE[e.errno]} ({e.strerror}); nothing half-written was "
+                         f"left, so the same command resumes once it can write there") from None
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -162,8 +185,12 @@ class FileLock:
         import fcntl
         import sys
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(self.path, "a+", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.path, "a+", encoding="utf-8")
+        except OSError as e:
+            raise_unwritable(e, self.path)
+            raise
         try:
             fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -172,10 +199,15 @@ class FileLock:
             self.f.close()
             raise LockedError(f"{self.what} is in use by {holder} (lock file {self.path}); wait for it to "
                               f"finish, or stop it") from None
-        self.f.seek(0)
-        self.f.truncate()
-        self.f.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n")
-        self.f.flush()
+        try:
+            self.f.seek(0)
+            self.f.truncate()
+            self.f.write(f"pid {os.getpid()}: {' '.join(sys.argv)[:200]}\n")
+            self.f.flush()
+        except OSError as e:
+            self.f.close()
+            raise_unwritable(e, self.path)
+            raise
         return self
 
     def __exit__(self, *exc):

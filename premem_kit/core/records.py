@@ -30,7 +30,10 @@ RECORD_COLUMNS = {
 # Optional columns: files written before they existed still load (read_records fills the default).
 OPTIONAL_COLUMNS = {
     "target_cut": ("bool", "the target was cut at max_length, so its perplexity covers part of it", False),
+    "example_hash": ("string", "hash of the example's prompt and target (what the row measured; null in older "
+                               "files)", None),
 }
+SETTINGS_KEY = b"premem_kit.settings"  # Parquet metadata: the evaluation settings that made the file
 
 # The greedy pass (evaluate.py --greedy, the ATC score): the record's id, step and split, then its own columns.
 GREEDY_COLUMNS = {k: RECORD_COLUMNS[k] for k in ("id", "step", "split")} | dict(
@@ -88,13 +91,19 @@ def write_table(path, table) -> None:
     atomic_write_with(path, lambda f: pq.write_table(table, f))
 
 
-def write_records(path, rows: list[dict]):
-    """Check rows against the schema and write them atomically; returns the Arrow table."""
+def write_records(path, rows: list[dict], settings: dict | None = None):
+    """Check rows against the schema and write them atomically, with the settings that made them in the
+    file's metadata (read_settings); returns the Arrow table."""
+    import json
+
     import pyarrow as pa
 
     check_rows(rows)
     full = [{**{k: v[2] for k, v in OPTIONAL_COLUMNS.items()}, **r} for r in rows]
-    table = pa.Table.from_pylist(full, schema=arrow_schema())
+    schema = arrow_schema()
+    if settings is not None:
+        schema = schema.with_metadata({SETTINGS_KEY: json.dumps(settings, sort_keys=True).encode()})
+    table = pa.Table.from_pylist(full, schema=schema)
     write_table(path, table)
     return table
 
@@ -105,6 +114,16 @@ def write_greedy(path, rows: list[dict]):
     table = pa.Table.from_pylist(rows, schema=arrow_schema(GREEDY_COLUMNS))
     write_table(path, table)
     return table
+
+
+def read_settings(path) -> dict | None:
+    """The evaluation settings a record file was made with (None: a file written before they were kept)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[SETTINGS_KEY]) if SETTINGS_KEY in meta else None
 
 
 def read_columns(path, columns: list[str], schema: dict | None = None):
@@ -208,5 +227,6 @@ def record_table(ids, step: int, epoch: float, split: str, types, perplexity=Non
         pa.array(ppl),
         pa.array(tok),
         pa.array(np.zeros(n, dtype=bool)),
+        pa.nulls(n, pa.string()),  # example_hash: the published files do not carry the questions
     ]
     return pa.Table.from_arrays(cols, schema=arrow_schema())

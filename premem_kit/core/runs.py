@@ -2,6 +2,7 @@
 
     RUN/config.yaml                 the resolved config (every key, after overrides)
     RUN/subset_ids.json             ids of the train examples this run trains on
+    RUN/subset_hashes.json          id -> content hash of each train example's prompt and target
     RUN/log.jsonl                   one line per optimizer step: step, epoch, loss, learning_rate, ...
     RUN/train_summary.json          written when training finishes
     RUN/live_premem.jsonl           (live PreMemAcc) one line per checkpoint
@@ -25,6 +26,7 @@ from premem_kit.core.errors import KitError
 
 CONFIG = "config.yaml"
 SUBSET_IDS = "subset_ids.json"
+SUBSET_HASHES = "subset_hashes.json"
 LOG = "log.jsonl"
 TRAIN_SUMMARY = "train_summary.json"
 LIVE_PREMEM = "live_premem.jsonl"
@@ -52,6 +54,7 @@ def _file_in_run(name: str):
 
 config_path = _file_in_run(CONFIG)
 subset_ids_path = _file_in_run(SUBSET_IDS)
+subset_hashes_path = _file_in_run(SUBSET_HASHES)
 log_path = _file_in_run(LOG)
 summary_path = _file_in_run(TRAIN_SUMMARY)
 live_premem_path = _file_in_run(LIVE_PREMEM)
@@ -179,6 +182,21 @@ def read_config_as_written(run) -> dict:
     from premem_kit.core.files import read_yaml_mapping
 
     return read_yaml_mapping(config_path(run), RunError, "run config")
+
+
+def read_train_hashes(run) -> dict | None:
+    """id -> content hash of the examples a run trained on (subset_hashes.json; None for runs trained
+    before hashes were written, or imported)."""
+    p = subset_hashes_path(run)
+    if not p.exists():
+        return None
+    try:
+        hashes = json.loads(p.read_text())
+    except ValueError as e:
+        raise RunError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(hashes, dict):
+        raise RunError(f"{p}: expected a JSON object of id: hash")
+    return hashes
 
 
 def read_train_ids(run) -> list[str]:

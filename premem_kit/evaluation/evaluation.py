@@ -87,7 +87,7 @@ def score_examples(model, tok, examples: list[dict], prompts: list[str], how: Sa
     t0 = time.time()
     comps, ntok = inference.sample(model, tok, prompts, n=how.samples, temperature=how.temperature, top_p=how.top_p,
                                    max_new_tokens=how.max_new_tokens, batch_size=how.batch_size, seed=how.seed,
-                                   desc=f"{desc} sampling", progress=progress)
+                                   desc=f"{desc} sampling", progress=progress, max_length=how.max_length)
     dt = max(time.time() - t0, 1e-9)
     if progress:
         log.info("%s: %d prompts x %d samples, %.2f prompts/s, %.1f generated tokens/s",
@@ -137,7 +137,8 @@ def evaluate_split(model, tok, cfg: Config, examples, split, variant, step, epoc
                             desc=f"step {step} {split}/{variant}", progress=opts.progress and rank == 0)
     rows = [{"id": e["id"], "step": step, "epoch": epoch, "split": split, "variant": variant,
              "samples": s.samples, "answers": s.answers, "outcomes": s.outcomes, "accuracy": s.accuracy,
-             "perplexity": s.perplexity, "target_tokens": s.target_tokens, "target_cut": s.target_cut}
+             "perplexity": s.perplexity, "target_tokens": s.target_tokens, "target_cut": s.target_cut,
+             "example_hash": data_mod.example_hash(e)}
             for e, s in zip(mine, scored)]
     return _in_order(gather_rows(rows, world), examples)
 
@@ -149,7 +150,7 @@ def greedy_split(model, tok, cfg: Config, examples, split, step, opts: EvalOptio
     mine = examples[rank::world]
     texts, lik, nt = inference.greedy_with_likelihood(
         model, tok, [e["prompt"] for e in mine], max_new_tokens=cfg.eval_max_new_tokens,
-        batch_size=cfg.eval_batch_size, progress=opts.progress and rank == 0)
+        batch_size=cfg.eval_batch_size, progress=opts.progress and rank == 0, max_length=cfg.max_length)
     rows = []
     for e, t, li, n in zip(mine, texts, lik, nt):
         ans, outcome = grading.grade(cfg.task, t, e["reference"])
@@ -200,12 +201,56 @@ def evaluate_run(run_dir, opts: EvalOptions | None = None) -> list[dict]:
     state = dist_state()
     todo = plan(run, cfg, opts)
     examples = {s: eval_examples(cfg, run, s) for s in cfg.eval_splits}
+    check_existing_records(run, cfg, todo, examples, opts)  # before anything is loaded or written
     if state.is_main_process:
         with FileLock(runs.lock_path(run), f"run folder {run}"):
             _evaluate_checkpoints(run, cfg, opts, todo, examples, state)
     else:
         _evaluate_checkpoints(run, cfg, opts, todo, examples, state)
     return summarize(run)
+
+
+def record_settings(cfg: Config, split: str, examples: list[dict]) -> dict:
+    """What a record file measured, kept in its metadata: the sampler, the length limit, the model, and
+    which examples (how many, and a hash of their ids and contents)."""
+    import hashlib
+
+    which = hashlib.sha256("".join(data_mod.example_hash(e) + e["id"] for e in examples).encode()).hexdigest()[:16]
+    return {"eval_samples": cfg.eval_samples, "eval_temperature": cfg.eval_temperature, "eval_top_p": cfg.eval_top_p,
+            "eval_max_new_tokens": cfg.eval_max_new_tokens, "eval_seed": cfg.eval_seed, "max_length": cfg.max_length,
+            "model": cfg.model, "task": cfg.task, "examples": len(examples), "examples_hash": which}
+
+
+def check_existing_records(run: Path, cfg: Config, todo, examples: dict, opts: EvalOptions) -> None:
+    """Records that would be kept must have been made with this call's settings and examples: a difference
+    is an error naming it (--force redoes them). Files from before settings were kept are reused, with a
+    warning; records of a checkpoint that is gone are kept, with a warning."""
+    if opts.force or not opts.sampled:
+        return
+    old = 0
+    for step, _, _ in todo:
+        for split in cfg.eval_splits:
+            want = record_settings(cfg, split, examples[split])
+            for variant in cfg.eval_variants:
+                p = runs.record_path(run, step, split, variant)
+                if not _done(p, False):
+                    continue
+                have = records.read_settings(p)
+                if have is None:
+                    old += 1
+                    continue
+                diff = [f"{k} {have.get(k)!r} (now {v!r})" for k, v in want.items() if have.get(k) != v]
+                if diff:
+                    raise EvalError(f"{p} was made with other settings or examples: {'; '.join(diff)}. "
+                                    f"evaluate.py --force redoes the records, or evaluate with the settings they "
+                                    f"were made with")
+    if old:
+        log.warning("%d record file(s) were written before records kept their settings; reused as they are "
+                    "(--force redoes them)", old)
+    have_steps = {s for s, _, _, _ in runs.list_records(run)} - {0}
+    gone = sorted(have_steps - {s for s, _, _ in runs.checkpoints(run)})
+    if gone:
+        log.warning("records of step(s) %s are kept, but their checkpoints are gone from %s", gone, run)
 
 
 def _evaluate_checkpoints(run, cfg, opts, todo, examples, state) -> None:
@@ -223,7 +268,8 @@ def _evaluate_checkpoints(run, cfg, opts, todo, examples, state) -> None:
         for split, variant in jobs:
             rows = evaluate_split(model, tok, cfg, examples[split], split, variant, step, epoch, opts, rank, world)
             if state.is_main_process:
-                records.write_records(runs.record_path(run, step, split, variant), rows)
+                records.write_records(runs.record_path(run, step, split, variant), rows,
+                                      record_settings(cfg, split, examples[split]))
             state.wait_for_everyone()
         for split in greedy:
             rows = greedy_split(model, tok, cfg, examples[split], split, step, opts, rank, world)

@@ -17,14 +17,13 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def _left_pad(tok, prompts, device):
-    old = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=True)
-    finally:
-        tok.padding_side = old
-    return {k: v.to(device) for k, v in enc.items()}
+def _left_pad(tok, prompts, device, max_length=None):
+    """The prompts' tokens (data.tokenize_prompt: cut from the left past max_length - 1), left-padded."""
+    ids = [data_mod.tokenize_prompt(tok, p, max_length)[0] for p in prompts]
+    n = max(len(x) for x in ids)
+    input_ids = torch.tensor([[tok.pad_token_id] * (n - len(x)) + x for x in ids], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * (n - len(x)) + [1] * len(x) for x in ids], dtype=torch.long, device=device)
+    return {"input_ids": input_ids, "attention_mask": mask}
 
 
 def _is_oom(e: Exception) -> bool:
@@ -38,7 +37,7 @@ def _batched(order, bs):
 
 @torch.no_grad()
 def sample(model, tok, prompts, n=5, temperature=0.8, top_p=0.95, max_new_tokens=512, batch_size=32,
-           seed=2, stop=STOP, greedy=False, desc="sampling", progress=True, top_k=0):
+           seed=2, stop=STOP, greedy=False, desc="sampling", progress=True, top_k=0, max_length=None):
     """n completions per prompt (the text after the prompt, cut before `stop`).
 
     top_k 0 samples from the whole (top-p) distribution, the authors' vLLM sampler; top_k 50 is Hugging
@@ -46,7 +45,8 @@ def sample(model, tok, prompts, n=5, temperature=0.8, top_p=0.95, max_new_tokens
     completion per prompt, repeated n times (greedy=True returns it once).
 
     Prompts are sorted by length (longest first, so an out-of-memory shows up on the first batch),
-    left-padded, and generated with the KV cache and several return sequences per prompt; on CUDA
+    cut from the left past max_length - 1 tokens as in training (data.tokenize_prompt), left-padded, and
+    generated with the KV cache and several return sequences per prompt; on CUDA
     out-of-memory the batch size halves and the batch is retried. Returns (completions, n_tokens)
     where completions[i] is the list of n strings for prompts[i] and n_tokens the generated tokens.
     """
@@ -73,7 +73,7 @@ def sample(model, tok, prompts, n=5, temperature=0.8, top_p=0.95, max_new_tokens
     while i < len(order):
         idx = order[i:i + bs]
         try:
-            enc = _left_pad(tok, [prompts[j] for j in idx], device)
+            enc = _left_pad(tok, [prompts[j] for j in idx], device, max_length)
             gen = model.generate(**enc, **gen_kw)
         except Exception as e:
             if _is_oom(e) and bs > 1:
@@ -176,5 +176,5 @@ def greedy_with_likelihood(model, tok, prompts, max_new_tokens=512, batch_size=3
                      batch_size=batch_size, progress=progress, desc="greedy", **kw)
     texts = [o[0] for o in outs]
     nll, ntok = target_nll(model, tok, prompts, [t + STOP for t in texts], batch_size=batch_size,
-                           progress=progress, desc="greedy score")
+                           progress=progress, desc="greedy score", max_length=kw.get("max_length"))
     return texts, [math.exp(-x) if x == x else math.nan for x in nll], ntok

@@ -110,12 +110,22 @@ def _text(row: dict, key: str, where: str) -> str:
     return v
 
 
+def row_id(row: dict, default: str, where: str) -> str:
+    """A row's own id as text (an integer id too, 0 included), else its position id."""
+    v = row.get("id")
+    if v is None or (isinstance(v, str) and not v.strip()):
+        return default
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise DataError(f"{where}: 'id' must be text or an integer, got {v!r}")
+    return str(v)
+
+
 def gsm8k_example(row: dict, split: str, index: int, where: str = "") -> dict:
     where = where or f"{split} example {index}"
     q, sol = _text(row, "question", where), _text(row, "answer", where)
     if "####" not in sol:
         raise DataError(f"{where}: the GSM8K answer has no final '#### <number>' line: {sol[-80:]!r}")
-    return {"id": row.get("id") or f"gsm8k/{split}/{index}", "question": q, "solution": sol,
+    return {"id": row_id(row, f"gsm8k/{split}/{index}", where), "question": q, "solution": sol,
             "reference": grading.gsm8k_reference(sol), "prompt": make_prompt(q), "target": make_target(sol)}
 
 
@@ -129,7 +139,7 @@ def math_example(row: dict, split: str, index: int, where: str = "") -> dict:
     if isinstance(level, str):
         digits = "".join(c for c in level if c.isdigit())
         level = int(digits) if digits else None
-    return {"id": row.get("id") or f"math/{split}/{index}", "question": q, "solution": sol,
+    return {"id": row_id(row, f"math/{split}/{index}", where), "question": q, "solution": sol,
             "reference": grading.math_reference(sol), "prompt": make_prompt(q), "target": make_target(sol),
             "level": level, "type": row.get("type")}
 
@@ -168,7 +178,7 @@ def load_extra_file(path, task: str) -> list[dict]:
     out = []
     for i, (where, r) in enumerate(rows):
         ex = make(r, "extra", i, where)
-        if not r.get("id"):
+        if ex["id"] == f"{task}/extra/{i}":  # no id of its own: named after the file
             ex["id"] = f"{p.stem}/{i}"
         ex["meta"] = {k: v for k, v in r.items() if k not in req and k != "id"}
         out.append(ex)
@@ -203,7 +213,11 @@ def train_examples(cfg: DataSettings | Config) -> list[dict]:
         extra = load_extra_file(cfg.train_file, cfg.task) if cfg.train_file else []
     by_id = {e["id"]: e for e in full}
     if len(by_id) != len(full):
-        raise DataError("train examples have duplicate ids")
+        seen, dup = set(), None
+        for e in full:
+            dup = dup or (e["id"] if e["id"] in seen else None)
+            seen.add(e["id"])
+        raise DataError(f"train examples have duplicate ids (first: {dup!r}); ids must be unique")
     clash = [e["id"] for e in extra if e["id"] in by_id]
     if clash:
         raise DataError(f"train_file {cfg.train_file}: id {clash[0]!r} (and {len(clash) - 1} more) is also an id "
@@ -216,9 +230,18 @@ def train_examples(cfg: DataSettings | Config) -> list[dict]:
     return [by_id[i] for i in ids] + extra
 
 
+def example_hash(example: dict) -> str:
+    """What a row measured: a hash of the example's prompt and target (16 hex digits of sha256). Ids are
+    positions in a file; the hash notices when the question under an id changed."""
+    import hashlib
+
+    return hashlib.sha256(f"{example['prompt']}\0{example['target']}".encode("utf-8")).hexdigest()[:16]
+
+
 def run_train_examples(run, cfg: DataSettings | None = None) -> list[dict]:
     """The examples a trained run trained on, in subset_ids.json's order, rebuilt from its data (the
-    task's train split and its train_file): what evaluation, Algorithm 1 and RFT score."""
+    task's train split and its train_file): what evaluation, Algorithm 1 and RFT score. An example whose
+    prompt or target is not what the run trained on (subset_hashes.json) is an error, not a silent swap."""
     cfg = cfg or runs.read_config(run)
     ids = runs.read_train_ids(run)
     pool = load_split(cfg, "train") + (load_extra_file(cfg.train_file, cfg.task) if cfg.train_file else [])
@@ -227,10 +250,32 @@ def run_train_examples(run, cfg: DataSettings | None = None) -> list[dict]:
     if missing:
         raise DataError(f"{runs.subset_ids_path(run)}: {len(missing)} id(s) are not in the run's data "
                         f"(first: {missing[0]}); was the data folder or train_file changed after training?")
+    hashes = runs.read_train_hashes(run)
+    changed = [i for i in ids if hashes is not None and i in hashes and hashes[i] != example_hash(by_id[i])]
+    if changed:
+        raise DataError(f"{runs.subset_hashes_path(run)}: {len(changed)} of the run's {len(ids)} train examples "
+                        f"are not the questions it was trained on (first: {changed[0]}): the data "
+                        f"({cfg.data}{', ' + cfg.train_file if cfg.train_file else ''}) changed after training. "
+                        f"Put back the data the run was trained on, or train a new run on the new data.")
     return [by_id[i] for i in ids]
 
 
 # ----------------------------------------------------------------------------- tokenization
+
+def tokenize_prompt(tokenizer, prompt: str, max_length: int | None = None) -> tuple[list[int], bool]:
+    """A prompt's tokens (with the tokenizer's special tokens) and whether they were cut.
+
+    The kit's one prompt-length policy, the same in training, perplexity and sampling: a prompt of more
+    than max_length - 1 tokens keeps its BOS and its last tokens, max_length - 1 in all, so that its end
+    ("...\nAnswer:") and at least one target token fit. Without it a 1 MB question would be 200,000 tokens.
+    """
+    ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    if max_length is None or len(ids) <= max_length - 1:
+        return ids, False
+    head = ids[:1] if tokenizer.bos_token_id is not None and ids[0] == tokenizer.bos_token_id else []
+    keep = max(max_length - 1 - len(head), 1)
+    return head + ids[len(ids) - keep:], True
+
 
 def encode(tokenizer, prompt: str, target: str, max_length: int | None = None) -> dict:
     """input_ids = prompt tokens + target tokens; labels = -100 on the prompt (no loss there).
@@ -238,16 +283,17 @@ def encode(tokenizer, prompt: str, target: str, max_length: int | None = None) -
     The prompt is tokenized with the tokenizer's special tokens (BOS), the target without, and the two
     are concatenated, so the target tokens are the same whatever the prompt variant. Perplexity in
     evaluate.py averages over exactly the positions with labels != -100 here. `target_cut` says that
-    max_length cut the target (a prompt near max_length leaves as little as one target token).
+    max_length cut the target (a prompt near max_length leaves as little as one target token), and
+    `prompt_cut` that the prompt was cut from the left (tokenize_prompt).
     """
-    p = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    p, prompt_cut = tokenize_prompt(tokenizer, prompt, max_length)
     t = tokenizer(target, add_special_tokens=False)["input_ids"]
     full = len(t)
     if max_length is not None and len(p) + len(t) > max_length:
         t = t[: max(max_length - len(p), 1)]
     ids = p + t
     return {"input_ids": ids, "labels": [-100] * len(p) + list(t), "attention_mask": [1] * len(ids),
-            "target_cut": len(t) < full}
+            "target_cut": len(t) < full, "prompt_cut": prompt_cut}
 
 
 class Collator:

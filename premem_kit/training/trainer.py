@@ -20,8 +20,8 @@ from premem_kit.core import config as config_mod
 from premem_kit.core.config import Config
 from premem_kit.tasks import data as data_mod
 from premem_kit.core import runs
-from premem_kit.core.files import (FileLock, append_jsonl, atomic_write_json, atomic_write_text, read_jsonl,
-                                   write_jsonl)
+from premem_kit.core.files import (FileLock, append_jsonl, atomic_write_json, atomic_write_text, raise_unwritable,
+                                   read_jsonl, write_jsonl)
 
 log = logging.getLogger("train")
 
@@ -159,13 +159,17 @@ def run_files_callback(cfg: Config, run: Path):
     return RunFiles()
 
 
-def encode_examples(cfg: Config, tok, examples: list[dict]) -> list[dict]:
+def encode_examples(cfg: Config, tok, examples: list[dict]) -> tuple[list[dict], dict]:
+    """The examples as model inputs (data.encode: one length policy) and how many max_length cut."""
     feats = [data_mod.encode(tok, e["prompt"], e["target"], cfg.max_length) for e in examples]
-    cut = sum(f["target_cut"] for f in feats)
-    if cut:
+    cuts = {"prompts_cut": sum(f["prompt_cut"] for f in feats), "targets_cut": sum(f["target_cut"] for f in feats)}
+    if cuts["prompts_cut"]:
+        log.warning("%d of %d prompts were longer than max_length - 1 = %d tokens: cut from the left (their end "
+                    "and the target's start kept)", cuts["prompts_cut"], len(feats), cfg.max_length - 1)
+    if cuts["targets_cut"]:
         log.warning("%d of %d targets were cut at max_length=%d: the loss sees only their start",
-                    cut, len(feats), cfg.max_length)
-    return [{k: f[k] for k in ("input_ids", "labels", "attention_mask")} for f in feats]
+                    cuts["targets_cut"], len(feats), cfg.max_length)
+    return [{k: f[k] for k in ("input_ids", "labels", "attention_mask")} for f in feats], cuts
 
 
 def build_trainer(cfg: Config, run: Path, examples: list[dict], tok, model, world_size: int = 1):
@@ -176,9 +180,10 @@ def build_trainer(cfg: Config, run: Path, examples: list[dict], tok, model, worl
 
     from premem_kit.training.callbacks import LivePreMemCallback
 
-    trainer = Trainer(model=model, args=training_arguments(cfg, run, world_size),
-                      train_dataset=encode_examples(cfg, tok, examples),
+    feats, cuts = encode_examples(cfg, tok, examples)
+    trainer = Trainer(model=model, args=training_arguments(cfg, run, world_size), train_dataset=feats,
                       data_collator=data_mod.Collator(tok.pad_token_id), callbacks=[run_files_callback(cfg, run)])
+    trainer.length_cuts = cuts  # for train_summary.json
     if cfg.live_premem:
         sub = data_mod.sample_ids([e["id"] for e in examples], cfg.live_premem_examples, cfg.seed)
         keep = set(sub)
@@ -224,6 +229,7 @@ def _train(cfg, run, examples, tok, model, state) -> dict:
         run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(runs.config_path(run), config_mod.dump(cfg))
         atomic_write_json(runs.subset_ids_path(run), [e["id"] for e in examples])
+        atomic_write_json(runs.subset_hashes_path(run), {e["id"]: data_mod.example_hash(e) for e in examples})
         atomic_write_json(runs.precision_path(run), precision.as_dict())
         resume = clean_for_resume(run)
     state.wait_for_everyone()
@@ -234,7 +240,11 @@ def _train(cfg, run, examples, tok, model, state) -> dict:
         log.info("resuming from %s", resume)
     trainer = build_trainer(cfg, run, examples, tok, model, world_size=state.num_processes)
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    except OSError as e:  # the Trainer writes checkpoints itself: a full disk says so, and resume is exact
+        raise_unwritable(e, run)
+        raise
     dt = time.time() - t0
     steps_done = trainer.state.global_step - (runs.checkpoint_step(resume) if resume else 0)
     summary = {
@@ -246,6 +256,7 @@ def _train(cfg, run, examples, tok, model, state) -> dict:
         "seconds_per_step_this_session": round(dt / max(steps_done, 1), 3),
         "checkpoints": [p.name for p in runs.complete_checkpoints(run)],
         "processes": state.num_processes,
+        **trainer.length_cuts,
     }
     if state.is_main_process:
         atomic_write_json(runs.summary_path(run), summary)
