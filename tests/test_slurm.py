@@ -4,8 +4,8 @@ errors raised before anything is submitted.
 
 Runs when `sbatch` works (tools/slurm_cluster.sh brings up a one-node cluster in ~15 s, as root). The
 cells here are a tiny callable that "trains" by writing one file per step and resumes from the steps it
-finds, like the kit's cells resume from their last complete checkpoint; the kit's own grid runs through
-SLURM in the grid tests.
+finds, like the kit's cells resume from their last complete checkpoint; a grid of the kit's own cells
+runs through SLURM (sweep.py run --executor slurm) in test_sweep_slurm.py.
 """
 from __future__ import annotations
 

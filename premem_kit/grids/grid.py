@@ -20,6 +20,7 @@ from premem_kit.core.files import read_yaml_mapping
 from premem_kit.core.overrides import cell_keys_for
 from premem_kit.core import runs
 from premem_kit.core.errors import KitError
+from premem_kit.grids import slurm
 
 ROOT = Path(__file__).resolve().parents[2]  # the repo root: grids/, configs/ and the scripts
 GRIDS_DIR = ROOT / "grids"
@@ -36,6 +37,7 @@ GRID_KEYS = {
     "common": "config keys set in every cell",
     "cells": "list of cells: config keys each cell sets (plus optional 'name' and 'note')",
     "analyze_args": "extra premem.py analyze arguments, e.g. [--threshold, -2.3]",
+    "slurm": "defaults for sweep.py run --executor slurm: partition, gpus_per_cell, time_min, ... (docs/slurm.md)",
 }
 
 
@@ -109,6 +111,8 @@ def cell_lines(text: str) -> list[int]:
 
 def resolve_grid_path(grid) -> Path:
     p = Path(grid)
+    if p.is_dir():
+        raise GridError(f"grid file {grid} is a folder; give a grid file (grids/*.yaml) or its name")
     if p.exists():
         return p
     for cand in (GRIDS_DIR / grid, GRIDS_DIR / f"{grid}.yaml"):
@@ -142,6 +146,9 @@ def read_grid_file(path: Path) -> tuple[dict, str]:
     if not isinstance(v, list) or not all(isinstance(x, (str, int, float)) for x in v):
         raise GridError(f"{path}: 'analyze_args' must be a list of command-line words, e.g. [--threshold, \"-2.3\"]")
     g["analyze_args"] = [str(x) for x in v]
+    # checked here, with the other keys: a wrong SLURM option stops every command before anything runs
+    g["slurm"] = {} if g.get("slurm") is None else g["slurm"]
+    slurm.parse_options(g["slurm"], where=f"{path}: slurm: ")
     return g, text
 
 
@@ -182,7 +189,7 @@ def make_cell(g: dict, path: Path, base_cfg: Config, cell, where: str, root: Pat
 
 def load_grid(grid, runs_root=None) -> dict:
     """Read and check a grid file. Returns {name, path, runs_root, cells: [{name, index, line, cfg, run_dir,
-    sets, note}], common, description, source, notes, analyze_args}."""
+    sets, note}], common, description, source, notes, analyze_args, slurm (the section, checked)}."""
     path = resolve_grid_path(grid)
     g, text = read_grid_file(path)
     base_cfg = base_config(g, path)
@@ -200,7 +207,7 @@ def load_grid(grid, runs_root=None) -> dict:
         out.append({"name": c["name"], "index": i, "line": line, **c})
     return {"name": g.get("name") or path.stem, "path": path, "runs_root": root, "cells": out,
             "common": g["common"], "description": g.get("description", ""), "source": g.get("source", ""),
-            "notes": g.get("notes", ""), "analyze_args": g["analyze_args"]}
+            "notes": g.get("notes", ""), "analyze_args": g["analyze_args"], "slurm": g["slurm"]}
 
 
 def list_grids() -> list[Path]:
@@ -245,14 +252,26 @@ def grid_status(grid: dict) -> list[dict]:
     return [cell_status(c) for c in grid["cells"]]
 
 
-def print_status(grid: dict, rows: list[dict], out=None) -> None:
+def print_status(grid: dict, rows: list[dict], out=None, jobs: dict | None = None) -> None:
+    """The status table; with `jobs` ({cell: {"job_id", "state"}}, and "analyze" for the analysis job: what
+    grid_slurm.job_table reads from SLURM) each cell's SLURM job and state beside its run folder's."""
     out = out or sys.stdout
-    w = max([len(r["cell"]) for r in rows] + [4])
+    w = max([len(r["cell"]) for r in rows] + [4 if jobs is None else 8])
+
+    def job(name: str) -> str:
+        if jobs is None:
+            return ""
+        j = jobs.get(name, {"job_id": "-", "state": "-"})
+        return f"  {j['job_id']:>8s}  {j['state']}"
+
     print(f"grid {grid['name']} ({grid['path']}): {len(rows)} cells in {grid['runs_root']}", file=out)
-    print(f"{'cell':{w}s}  {'state':8s} {'trained':7s} {'ckpts':>5s} {'records':>9s}", file=out)
+    print(f"{'cell':{w}s}  {'state':8s} {'trained':7s} {'ckpts':>5s} {'records':>9s}"
+          + (f"  {'job':>8s}  slurm" if jobs is not None else ""), file=out)
     for r in rows:
         rec = f"{r['records']}/{r['records_expected']}" if r["records_expected"] is not None else f"{r['records']}/?"
         print(f"{r['cell']:{w}s}  {r['state']:8s} {'yes' if r['trained'] else 'no':7s} {r['checkpoints']:>5d} "
-              f"{rec:>9s}", file=out)
+              f"{rec:>9s}{job(r['cell'])}", file=out)
+    if jobs is not None and "analyze" in jobs:
+        print(f"{'analysis':{w}s}  {'':8s} {'':7s} {'':>5s} {'':>9s}{job('analyze')}", file=out)
     counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "partial", "pending")}
     print(f"done {counts['done']}, partial {counts['partial']}, pending {counts['pending']}", file=out)

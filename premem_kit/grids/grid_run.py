@@ -6,6 +6,9 @@ continues from its last complete checkpoint and evaluate.py writes only the reco
 after a kill the same call continues where it stopped. Cells go one after another, or one per GPU slot
 (CUDA_VISIBLE_DEVICES) with `gpus`; a `launcher` (e.g. accelerate launch) replaces python for each script.
 Timings per cell are appended to RUNS_ROOT/_sweep/timings.jsonl. One sweep per RUNS_ROOT at a time.
+
+On a cluster each cell is one job (grid_slurm.py submits them): the job calls run_cell_job, the same
+run_cell as here, and the analysis job calls analyze_done.
 """
 from __future__ import annotations
 
@@ -147,8 +150,9 @@ class CellWorker:
     """work(cell, slot) for schedule(): runs a cell, appends its timing row, says how it went, and with
     stop_on_error starts no new cell after a failure. Never raises."""
 
-    def __init__(self, grid: dict, n_todo: int, launcher=None, stop_on_error=False, say=print):
+    def __init__(self, grid: dict, n_todo: int, launcher=None, stop_on_error=False, say=print, extra=None):
         self.grid, self.n_todo, self.launcher, self.say = grid, n_todo, launcher, say
+        self.extra = dict(extra or {})  # added to every timing row (a SLURM job's id)
         self.stop_on_error = stop_on_error
         self.timings = grid["runs_root"] / SWEEP_DIR / "timings.jsonl"
         self.failed: list[str] = []
@@ -165,6 +169,7 @@ class CellWorker:
         except Exception as e:  # a bug or an OS error: report it, carry on with the other cells
             row = {"cell": cell["name"], "ok": False, "error": f"{type(e).__name__}: {e}"}
         row["total_s"] = round(time.time() - t0, 1)
+        row.update(self.extra)
         with self.lock:
             self.n_done += 1
             files.append_jsonl(self.timings, row)
@@ -208,6 +213,52 @@ def analyze_cells(grid: dict, done: list[str], say=print) -> int:
                 "analyze_args: [--threshold, \"-2.3\"] in the grid file for a fixed threshold")
         say(f"premem.py analyze exited with {rc}{hint}")
     return rc
+
+
+class CellFailed(RuntimeError):
+    """A cell run as a job did not end done: the job fails with this, so that SLURM shows it FAILED."""
+
+
+def run_cell_job(grid: dict, cell: dict, launcher: list[str] | None = None) -> dict:
+    """One cell as one job (what a SLURM job runs, through submitit): run_cell, as the local executor does
+    (train unless trained, then evaluate; resumed from the last complete checkpoint), its timing row
+    appended to RUNS_ROOT/_sweep/timings.jsonl. It takes no sweep lock: the jobs of a grid run at the same
+    time, each in its own run folder. Raises CellFailed when the cell is not done at the end."""
+    say = lambda m: print(m, flush=True)  # noqa: E731  (the job's stdout: its log)
+    job = os.environ.get("SLURM_JOB_ID")
+    worker = CellWorker(grid, 1, launcher, say=say, extra={"slurm_job": job} if job else None)
+    row = worker(cell, None)
+    if not row["ok"]:
+        log = grid["runs_root"] / SWEEP_DIR / "logs" / f"{cell['name']}.log"
+        raise CellFailed(f"cell {cell['name']}: {row.get('error')} (its train.py / evaluate.py output: {log})")
+    return row
+
+
+def analyze_done(grid: dict, say=print) -> list[str]:
+    """premem.py analyze over the cells done now (the analysis job's callable, and `sweep.py analyze`).
+    Returns their names; raises GridError when none is done and CellFailed when premem.py fails."""
+    rows = grid_status(grid)
+    done = [r["cell"] for r in rows if r["state"] == "done"]
+    if not done:
+        raise GridError(f"{grid['path']}: no cell is done yet in {grid['runs_root']}: nothing to analyze")
+    print_status(grid, rows, out=sys.stdout)
+    rc = analyze_cells(grid, done, say)
+    if rc != 0:
+        raise CellFailed(f"premem.py analyze exited with {rc}")
+    return done
+
+
+def analyze_grid(grid: dict, say=print) -> int:
+    """`sweep.py analyze GRID`: the analysis over the cells done now, on this machine, under the sweep
+    lock (no local sweep writes the analysis folder meanwhile). 0, or 1 when premem.py failed."""
+    if all(r["state"] != "done" for r in grid_status(grid)):
+        analyze_done(grid, say)  # raises the GridError that says so, before the lock file is written
+    with sweep_lock(grid["runs_root"]):
+        try:
+            analyze_done(grid, say)
+        except CellFailed:
+            return 1
+    return 0
 
 
 def run_grid(grid: dict, gpus=None, launcher=None, only=None, analyze=True, stop_on_error=False,
