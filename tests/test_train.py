@@ -341,3 +341,21 @@ def test_live_callback_takes_a_padless_tokenizer_and_a_chat_template(tmp_path, t
     assert row_plain["ppl"] != row_chat["ppl"]  # the same targets after other prompts
     with pytest.raises(ValueError, match="expected 'plain', 'chat' or a function"):
         LivePreMemCallback(exs, tok, "gsm8k", prompt_format="alpaca")
+
+
+@pytest.mark.parametrize("kind", ["empty folder", "fake gguf"])
+def test_a_model_that_is_not_one_is_a_clean_error_before_anything_is_written(tmp_path, tiny_model, kind, capsys):
+    import train
+
+    model = tmp_path / "m"
+    if kind == "empty folder":
+        model.mkdir()
+    else:
+        model = tmp_path / "m.gguf"
+        model.write_bytes(b"not a gguf file")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config.dump(tiny_cfg(tiny_model, tmp_path / "run", model=str(model))))
+    assert train.main([str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"{model}: the tokenizer does not load" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -65,6 +65,13 @@ def _offline_hint(spec: str, e: Exception, offline: str | None = None) -> ModelE
         + "; ".join(f"model={k} ({v})" for k, v in PYPI_MODELS.items())))
 
 
+def unreadable(spec: str, what: str, e: Exception) -> ModelError:
+    """A local model or tokenizer that does not load (an empty folder, a file that is not GGUF)."""
+    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    return ModelError(f"{spec}: the {what} does not load ({type(e).__name__}: {first}); expected a folder written by "
+                      f"save_pretrained (config.json, weights, tokenizer files) or a .gguf file")
+
+
 def _hub_kwargs(src: str) -> tuple[dict, str | None]:
     """from_pretrained keywords for a Hub id: cache only when the Hub cannot be reached (no retry storm)."""
     if Path(src).exists():
@@ -82,9 +89,9 @@ def load_tokenizer(spec: str, tokenizer_spec: str | None = None):
         kw["gguf_file"] = gguf
     try:
         tok = AutoTokenizer.from_pretrained(src, **kw)
-    except OSError as e:
-        if Path(src).exists():
-            raise
+    except (OSError, ValueError) as e:
+        if Path(src).exists():  # an empty folder, a fake .gguf: say which, not a traceback
+            raise unreadable(tokenizer_spec or spec, "tokenizer", e) from None
         raise _offline_hint(tokenizer_spec or spec, e, offline) from None
     # One pad-token policy for training and generation: the tokenizer's pad token if it has one,
     # else its EOS token. Padding positions are masked (attention 0, labels -100) either way.
@@ -181,9 +188,9 @@ def load_base_model(cfg: ModelSettings, for_training: bool = False):
     hub_kw, offline = _hub_kwargs(src)
     try:
         model = AutoModelForCausalLM.from_pretrained(src, **kw, **hub_kw)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         if Path(src).exists():
-            raise
+            raise unreadable(cfg.model, "model", e) from None
         raise _offline_hint(cfg.model, e, offline) from None
     if gguf:
         untag_gguf(model)
