@@ -95,6 +95,7 @@ def test_per_task_defaults_eval_length_and_live_threshold(tmp_path):
     assert (gsm.eval_max_new_tokens, math_.eval_max_new_tokens) == (512, 1024)
     assert (gsm.live_premem_threshold, math_.live_premem_threshold) == (-2.3, -1.7) == \
         (metric.TASK_THRESHOLDS["gsm8k"], metric.TASK_THRESHOLDS["math"])
+    assert config.FIELDS["live_premem_threshold"].metadata["by_task"] == metric.TASK_THRESHOLDS
     assert (gsm.live_premem_max_new_tokens, math_.live_premem_max_new_tokens) == (256, 1024)
     # a value given wins, and a run's config.yaml keeps the value it was written with
     assert config.load_config(None, ["task=math", "eval_max_new_tokens=512"]).eval_max_new_tokens == 512
