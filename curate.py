@@ -272,7 +272,7 @@ def _add_loop_opts(p):
     p.add_argument("--rounds", type=cli.positive_int, default=5, help="rounds n (paper 5; default %(default)s)")
     p.add_argument("--n-new", nargs="+", required=True,
                    help="N'_i per round (one value or n): a count, or a multiple of the seed set such as 2x "
-                        "(the authors' MATH schedule: 1x 2x 4x 8x)")
+                        "(the authors' five-round MATH schedule: 1x 2x 4x 4x 2x)")
     p.add_argument("--ifd-scorer", metavar="RUN", help="ifd: existing scorer run (default: train one on "
                                                        "the test split for 2 epochs in OUT/ifd-scorer)")
     p.add_argument("--ifd-scorer-examples", type=cli.positive_int, metavar="N",

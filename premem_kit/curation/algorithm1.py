@@ -96,7 +96,8 @@ def n_new_one(x, n_seed: int) -> int:
 
 def n_new_list(n_new, rounds: int, n_seed: int) -> list[int]:
     """N'_1..N'_n from --n-new: one value for every round or one per round. Values are counts or multiples
-    of the seed set ("1x 2x 4x 8x" doubles the data each round, the schedule of the authors' MATH runs)."""
+    of the seed set ("1x 2x 4x 4x 2x": the authors' five-round MATH schedule, c_run1.sh; "1x 2x 4x 8x" doubles
+    the data each round, their four-round one)."""
     vals = [n_new] if isinstance(n_new, (int, str)) else list(n_new)
     vals = [n_new_one(x, n_seed) for x in vals]
     if any(v < 0 for v in vals):
