@@ -184,19 +184,22 @@ def read_config_as_written(run) -> dict:
     return read_yaml_mapping(config_path(run), RunError, "run config")
 
 
+def _read_json(p: Path, kind: type, what: str):
+    """A run file's JSON, which must be a `kind` (list or dict); a RunError names the file otherwise."""
+    try:
+        value = json.loads(p.read_text())
+    except ValueError as e:
+        raise RunError(f"{p}: not valid JSON ({e})") from None
+    if not isinstance(value, kind):
+        raise RunError(f"{p}: expected {what}")
+    return value
+
+
 def read_train_hashes(run) -> dict | None:
     """id -> content hash of the examples a run trained on (subset_hashes.json; None for runs trained
     before hashes were written, or imported)."""
     p = subset_hashes_path(run)
-    if not p.exists():
-        return None
-    try:
-        hashes = json.loads(p.read_text())
-    except ValueError as e:
-        raise RunError(f"{p}: not valid JSON ({e})") from None
-    if not isinstance(hashes, dict):
-        raise RunError(f"{p}: expected a JSON object of id: hash")
-    return hashes
+    return _read_json(p, dict, "a JSON object of id: hash") if p.exists() else None
 
 
 def read_train_ids(run) -> list[str]:
@@ -204,10 +207,4 @@ def read_train_ids(run) -> list[str]:
     p = subset_ids_path(run)
     if not p.exists():
         raise RunError(f"{p} missing: train.py writes it when training starts")
-    try:
-        ids = json.loads(p.read_text())
-    except ValueError as e:
-        raise RunError(f"{p}: not valid JSON ({e})") from None
-    if not isinstance(ids, list):
-        raise RunError(f"{p}: expected a JSON list of example ids")
-    return [str(i) for i in ids]
+    return [str(i) for i in _read_json(p, list, "a JSON list of example ids")]
