@@ -441,3 +441,18 @@ def test_evaluation_keys_of_a_grid_reach_evaluate_py_and_status(tmp_path):
     from premem_kit.grids.grid import expected_records
 
     assert [x.name for x in expected_records(a["cfg"], run)] == ["step-000004.test.original.parquet"]
+
+
+def test_status_compares_each_cell_with_its_run_folder(tmp_path, tiny_model):
+    """A grid file edited after its cells ran: the status says which settings differ, and the cell is not
+    done, so `run` does not pass it over (train.py then refuses the other config by name)."""
+    base = tmp_path / "base.yaml"
+    base.write_text(config.dump(tiny_cfg(tiny_model, tmp_path / "unused", num_epochs=1, max_train_examples=4,
+                                         eval_train_examples=2, eval_test_examples=2, eval_max_new_tokens=4)))
+    text = f"base: {base}\nmodel_name: tiny\nruns_root: {tmp_path / 'runs'}\ncells:\n  - {{learning_rate: 1.0e-3}}\n"
+    g = write_grid(tmp_path, text)
+    assert run_grid(load_grid(g), analyze=False, say=lambda m: None) == 0
+    assert [r["state"] for r in grid_status(load_grid(g))] == ["done"]
+    g.write_text(text.replace("cells:", "common: {warmup_steps: 3, eval_samples: 3}\ncells:"))
+    (row,) = grid_status(load_grid(g))
+    assert row["state"] == "changed" and row["changed"] == ["warmup_steps", "eval_samples (records)"]

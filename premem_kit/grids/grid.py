@@ -18,7 +18,7 @@ from premem_kit.core import config as config_mod
 from premem_kit.core.config import Config
 from premem_kit.core.files import read_yaml_mapping
 from premem_kit.core.overrides import cell_keys_for
-from premem_kit.core import runs
+from premem_kit.core import records, runs
 from premem_kit.core.errors import KitError
 from premem_kit.grids import slurm
 
@@ -235,8 +235,32 @@ def expected_records(cfg: Config, run: Path) -> list[Path]:
     return [runs.record_path(run, s, sp, v) for s in steps for sp in cfg.eval_splits for v in cfg.eval_variants]
 
 
+SAMPLER_KEYS = ("eval_samples", "eval_temperature", "eval_top_p", "eval_max_new_tokens", "eval_seed")
+
+
+def changed_keys(cell: dict, records_have: list[Path]) -> list[str]:
+    """The settings in which the grid file's cell and its run folder disagree: training keys against the
+    run's config.yaml, sampler keys against the settings kept in its record files."""
+    from premem_kit.training.trainer import NON_TRAINING_KEYS
+
+    run, cfg = Path(cell["run_dir"]), cell["cfg"]
+    if not runs.config_path(run).exists():
+        return []
+    try:
+        saved = runs.read_config(run)
+    except KitError as e:
+        return [f"config.yaml ({e})"]
+    out = [k for k in config_mod.FIELDS if k not in NON_TRAINING_KEYS and getattr(saved, k) != getattr(cfg, k)]
+    for p in records_have:
+        have = records.read_settings(p) or {}
+        out += [f"{k} (records)" for k in SAMPLER_KEYS if k in have and have[k] != getattr(cfg, k) and
+                f"{k} (records)" not in out]
+    return out
+
+
 def cell_status(cell: dict) -> dict:
-    """done (trained, every record present) / partial (something started) / pending (nothing yet)."""
+    """done (trained, every record present) / partial (something started) / pending (nothing yet) /
+    changed (the grid file's settings are not those the run folder was made with: `changed` names them)."""
     run = Path(cell["run_dir"])
     trained = runs.summary_path(run).exists()
     ckpts = runs.complete_checkpoints(run) if run.is_dir() else []
@@ -244,8 +268,10 @@ def cell_status(cell: dict) -> dict:
     have = [p for p in want if p.exists()]
     started = run.is_dir() and (runs.config_path(run).exists() or bool(ckpts) or bool(runs.checkpoint_folders(run)))
     state = "done" if trained and len(have) == len(want) else ("partial" if started else "pending")
-    return {"cell": cell["name"], "state": state, "trained": trained, "checkpoints": len(ckpts),
-            "records": len(have), "records_expected": len(want) if trained else None}
+    changed = changed_keys(cell, have) if started else []
+    return {"cell": cell["name"], "state": "changed" if changed else state, "trained": trained,
+            "checkpoints": len(ckpts), "records": len(have), "records_expected": len(want) if trained else None,
+            "changed": changed}
 
 
 def grid_status(grid: dict) -> list[dict]:
@@ -273,5 +299,10 @@ def print_status(grid: dict, rows: list[dict], out=None, jobs: dict | None = Non
               f"{rec:>9s}{job(r['cell'])}", file=out)
     if jobs is not None and "analyze" in jobs:
         print(f"{'analysis':{w}s}  {'':8s} {'':7s} {'':>5s} {'':>9s}{job('analyze')}", file=out)
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "partial", "pending")}
-    print(f"done {counts['done']}, partial {counts['partial']}, pending {counts['pending']}", file=out)
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("done", "partial", "pending", "changed")}
+    line = f"done {counts['done']}, partial {counts['partial']}, pending {counts['pending']}"
+    print(line + (f", changed {counts['changed']}" if counts["changed"] else ""), file=out)
+    for r in rows:
+        if r["state"] == "changed":
+            print(f"  {r['cell']}: the grid file differs from the run folder in {', '.join(r['changed'])}; "
+                  f"restore the grid's values, or give the cell a new name (a new run folder)", file=out)
