@@ -16,6 +16,7 @@ from premem_kit.core import figures
 from premem_kit import metric
 from premem_kit.core import records
 from premem_kit.analysis import robustness
+from premem_kit.analysis.defaults import EARLIER_BINS
 from premem_kit.core import runs
 from premem_kit.analysis.rundata import AnalysisError, load_run
 from premem_kit.core.config import DataSettings
@@ -56,6 +57,16 @@ def test_bin_index_edges():
     e = [0, 0.25, 0.5, 0.75, 1]
     np.testing.assert_array_equal(robustness.bin_index([0, 0.2499, 0.25, 0.5, 0.74, 0.75, 1.0], e), [0, 0, 1, 2, 2, 3, 3])
     assert robustness.bin_labels(e) == ["[0, 0.25)", "[0.25, 0.5)", "[0.5, 0.75)", "[0.75, 1]"]
+    # the authors' bins: [f, f + 0.2) for f = 0 ... 0.8 and a bin of its own for PreMemAcc = 1; PreMemAcc of 5
+    # or 10 samples (k/5, k/10) falls in the bin whose lower edge it equals
+    d = robustness.DEFAULT_BINS
+    assert list(d) == [0, 0.2, 0.4, 0.6, 0.8, 1] and robustness.DEFAULT_BIN_FOR_ONE
+    x = [k / 5 for k in range(6)] + [k / 10 for k in range(11)] + [0.7999, 0.9999]
+    want = [0, 1, 2, 3, 4, 5] + [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5] + [3, 4]
+    np.testing.assert_array_equal(robustness.bin_index(x, d, bin_for_one=True), want)
+    assert robustness.bin_labels(d, bin_for_one=True) == ["[0, 0.2)", "[0.2, 0.4)", "[0.4, 0.6)", "[0.6, 0.8)",
+                                                          "[0.8, 1)", "1"]
+    assert robustness.n_bins(d, True) == 6 and robustness.bin_index([1.0], d).tolist() == [4]  # without: closed
     with pytest.raises(AnalysisError, match="increasing"):
         robustness.bin_index([0.5], [0, 0.5, 0.5, 1])
     with pytest.raises(AnalysisError, match="outside"):
@@ -65,7 +76,8 @@ def test_bin_index_edges():
 def test_binning_table_spearman_and_outputs(tmp_path):
     run = make_run(tmp_path / "run")
     out = tmp_path / "out"
-    assert premem.main(["robustness", str(run), "--out", str(out), "--threshold", str(T)]) == 0
+    # the kit's earlier 4 bins, the last closed (premem.py robustness --bins 0 0.25 0.5 0.75 1 --no-bin-for-one)
+    robustness.run_robustness(run, out, threshold_loglog=T, edges=EARLIER_BINS, bin_for_one=False, verbose=False)
     res = json.loads((out / "robustness.json").read_text())
     assert res["step"] == 20 and res["epoch"] == 2.0 and res["n_examples"] == 8 and res["threshold_loglog"] == T
     assert res["threshold_source"] == "given"
@@ -123,7 +135,7 @@ def test_violins_have_the_bin_means_as_lines(tmp_path):
 
     run = load_run(make_run(tmp_path / "run"))
     df, _ = robustness.example_frame(run, 20, T)
-    fig, means = robustness.fig7(df, robustness.DEFAULT_BINS, "t")
+    fig, means = robustness.fig7(df, EARLIER_BINS, "t")
     try:
         assert means[(0, "we_know_that")] == pytest.approx(0.125)
         assert means[(3, "first")] == pytest.approx(11 / 12)
@@ -145,7 +157,7 @@ def test_violins_have_the_bin_means_as_lines(tmp_path):
 
 def test_threshold_changes_the_memorized_set_and_the_bins(tmp_path):
     run = load_run(make_run(tmp_path / "run"))
-    edges = robustness.DEFAULT_BINS
+    edges = EARLIER_BINS
     at_t, _ = robustness.example_frame(run, 20, T)
     # a perplexity threshold below every perplexity memorizes nothing: PreMemAcc = accuracy at step 20
     none, _ = robustness.example_frame(run, 20, metric.loglog_from_ppl(1.01))
@@ -184,7 +196,7 @@ def test_missing_variants_name_the_evaluate_command(tmp_path, capsys):
     assert "perplexity threshold must be a finite number > 0" in capsys.readouterr().err
 
 
-def test_threshold_from_analyze_summary_and_calibrated_default(tmp_path):
+def test_threshold_from_analyze_summary_and_calibrated(tmp_path):
     run = make_run(tmp_path / "run")
     s = tmp_path / "summary.json"
     s.write_text(json.dumps({"threshold_loglog": T}))
@@ -192,6 +204,32 @@ def test_threshold_from_analyze_summary_and_calibrated_default(tmp_path):
     assert res["threshold_loglog"] == T and res["threshold_source"] == f"from {s}"
     assert res["spearman_first"] == pytest.approx(1.0)
     assert res["files"] == robustness.OUTPUT_FILES and not (tmp_path / "o" / "figures").exists()
-    # no threshold and no test records: calibration is impossible, and the error says what to give
+    # --calibrate (the kit's earlier default) on a run without test records: impossible, and the error says
+    # what to give
     with pytest.raises(AnalysisError, match="give the threshold with --threshold"):
-        robustness.run_robustness(run, tmp_path / "o2", figures=False, verbose=False)
+        robustness.run_robustness(run, tmp_path / "o2", calibrate=True, figures=False, verbose=False)
+
+
+def test_defaults_are_the_authors_task_threshold_and_bins(tmp_path, capsys):
+    """Figure 7 as the authors' gsm8k_orig_perplexity_gpt4o.ipynb: the task's fixed threshold (GSM8K -2.3),
+    bins [0, 0.2), ..., [0.8, 1) and one for PreMemAcc = 1; fewer than their 10 samples per prompt is said."""
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "out"
+    assert premem.main(["robustness", str(run), "--out", str(out), "--no-figures"]) == 0
+    res = json.loads((out / "robustness.json").read_text())
+    assert res["threshold_loglog"] == -2.3 and res["threshold_source"] == "gsm8k default (the authors' -2.3)"
+    assert res["bins"] == [0, 0.2, 0.4, 0.6, 0.8, 1] and res["bin_for_one"] is True
+    table = pd.read_csv(out / "robustness_table.csv")
+    # PreMemAcc at -2.3 equals that at T (no perplexity between): 0, 0 | 0.25 | 0.5, 0.5 | 0.75 | - | 1, 1
+    assert table["bin"].tolist() == ["[0, 0.2)", "[0.2, 0.4)", "[0.4, 0.6)", "[0.6, 0.8)", "[0.8, 1)", "1"]
+    assert table["n"].tolist() == [2, 1, 2, 1, 0, 2]
+    np.testing.assert_allclose(table["acc_first"], [0.0, 0.25, 0.5, 0.75, np.nan, 1.0])
+    np.testing.assert_allclose(table["acc_we_know_that"], [0.125, 0.0, 0.375, 0.5, np.nan, 0.875])
+    assert table[["lo", "hi"]].iloc[-1].tolist() == [1.0, 1.0]
+    assert res["samples_per_prompt"] == {"original": 4, "first": 4, "we_know_that": 4}
+    assert "the authors' Figure 7 uses 10" in capsys.readouterr().err
+    # a task without a known threshold needs one given
+    cfg = tmp_path / "run" / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("task: gsm8k", "task: arith"))
+    assert premem.main(["robustness", str(run), "--out", str(tmp_path / "o3"), "--no-figures"]) == 2
+    assert "no default memorization threshold for task(s) ['arith']" in capsys.readouterr().err

@@ -1,11 +1,15 @@
-"""The memorization threshold: calibrated on runs, given, or read from an analyze summary.
+"""The memorization threshold: calibrated on runs, given, read from an analyze summary, or the task's.
 
 Calibration picks the loglog grid point (default 50 points in [-5, 1]) that maximizes R^2 of test
 accuracy against the identity prediction y = x, R^2 = 1 - sum((y - x)^2) / sum((y - mean y)^2), over
 all (run, checkpoint with a test record) points, x being the run's mean PreMemAcc at that checkpoint.
+
+The points are Figure 4's: every checkpoint of a full run; of a half or quarter run, the checkpoints at one
+third, two thirds and the end of its training (figure4_points), as the authors plot them.
 """
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import glob
 import json
@@ -16,11 +20,39 @@ import pandas as pd
 
 from premem_kit.analysis.defaults import DEFAULT_SWEEP
 from premem_kit.core.errors import warn
-from premem_kit.metric import pearson_r, ppl_from_loglog, premem_sweep, r2_identity, resolve_threshold
-from premem_kit.analysis.rundata import AnalysisError, RunData
+from premem_kit.metric import TASK_THRESHOLDS, pearson_r, ppl_from_loglog, premem_sweep, r2_identity, resolve_threshold
+from premem_kit.analysis.rundata import AnalysisError, RunData, as_float
 
 # fewer (checkpoint, test accuracy) points than this and a calibrated threshold fits noise
 MIN_CALIBRATION_POINTS = 6
+
+
+# Figure 4's half and quarter runs: the checkpoints nearest these fractions of the run's training (epochs)
+FIGURE4_FRACTIONS = (1 / 3, 2 / 3, 1.0)
+
+
+def figure4_mask(run: RunData) -> np.ndarray:
+    """Which of a run's checkpoints are Figure 4 points. A full run (or one whose subset is unknown): all.
+    A half or quarter run: the checkpoints nearest one third, two thirds and all of its epochs. The authors
+    plot their half and quarter runs at checkpoints [1, 3, 5] of 6 (gsm8k_analyze.ipynb, math_analyze.ipynb:
+    epochs 2, 4, 6 of the 6-epoch half run, 4, 8, 12 of the 12-epoch quarter run), the optimizer steps of
+    the 3-epoch full run's checkpoints; the rule by fractions carries that to any checkpoint spacing."""
+    n = len(run.steps)
+    if run.setting("subset") not in ("half", "quarter") or n == 0:
+        return np.ones(n, dtype=bool)
+    epochs = np.asarray(run.epochs, dtype=np.float64)
+    total = as_float(run.setting("num_epochs")) or float(np.nanmax(epochs))
+    mask = np.zeros(n, dtype=bool)
+    for f in FIGURE4_FRACTIONS:
+        mask[int(np.nanargmin(np.abs(epochs - f * total)))] = True
+    return mask
+
+
+def figure4_points(runs: list[RunData]) -> list[RunData]:
+    """The runs with the test accuracy of every checkpoint that is not a Figure 4 point (figure4_mask) set
+    to NaN: such a checkpoint still counts in PreMemAcc's running max, but is neither a calibration point
+    nor a point of R^2 and the figures."""
+    return [dataclasses.replace(r, test_acc=np.where(figure4_mask(r), r.test_acc, np.nan)) for r in runs]
 
 
 def default_grid(lo=DEFAULT_SWEEP[0], hi=DEFAULT_SWEEP[1], n=DEFAULT_SWEEP[2]) -> np.ndarray:
@@ -170,14 +202,27 @@ def threshold_from_summary(path) -> float:
     return float(t)
 
 
+def task_threshold(runs: list[RunData]) -> tuple[float, str]:
+    """The authors' fixed threshold of the runs' task (metric.TASK_THRESHOLDS: GSM8K -2.3, MATH -1.7)."""
+    tasks = sorted({str(r.setting("task")) for r in runs})
+    if len(tasks) != 1 or tasks[0] not in TASK_THRESHOLDS:
+        raise AnalysisError(f"no default memorization threshold for task(s) {tasks} (known: "
+                            f"{', '.join(TASK_THRESHOLDS)}); give --threshold / --threshold-ppl / --threshold-from, "
+                            "or --calibrate")
+    return TASK_THRESHOLDS[tasks[0]], f"{tasks[0]} default (the authors' {TASK_THRESHOLDS[tasks[0]]})"
+
+
 def run_threshold(runs: list[RunData], *, threshold_loglog=None, threshold_ppl=None,
-                  threshold_from=None) -> tuple[float, str]:
+                  threshold_from=None, calibrate=False) -> tuple[float, str]:
     """(loglog threshold, where it came from) for commands on a few runs (robustness, priors): given as
-    a loglog or perplexity value, read from an analyze summary.json, or else calibrated on `runs`."""
+    a loglog or perplexity value, read from an analyze summary.json, calibrated on `runs` (calibrate, the
+    kit's earlier default), or else the task's fixed value, as the authors' Figures 5 and 7."""
     if threshold_loglog is not None or threshold_ppl is not None:
         return given_threshold(threshold_ppl, threshold_loglog), "given"
     if threshold_from is not None:
         return threshold_from_summary(threshold_from), f"from {Path(threshold_from)}"
+    if not calibrate:
+        return task_threshold(runs)
     try:
         t, _ = calibrate_threshold(runs)
     except AnalysisError as e:

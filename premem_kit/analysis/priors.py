@@ -2,9 +2,13 @@
 
 Per checkpoint of every run (step 0, the base model, has no checkpoint and is left out), the
 metrics of prior_metrics.py: gradient variance, distance from initialization and ATC. The ATC
-threshold is fitted on one reference run (default the first) at its last checkpoint with test greedy
-records and test records; every run's test accuracy is then predicted as the fraction of its train
-examples whose greedy likelihood is above it.
+threshold is fitted as the authors' gsm8k_orig_line_baselines.ipynb (reasoning_data) fits it: on one
+reference run's last checkpoint (default the run trained 3 epochs on the full train set at lr 2e-5, the
+authors' reference, appendix B.3; 2e-4 for a LoRA run by the kit's QLoRA rule), so that the fraction of its
+*train* examples whose greedy score is above it equals its test accuracy (--atc-fit-on test: its test
+examples, the kit's earlier fit); every run's test accuracy is then predicted as the fraction of its train
+examples whose greedy score is above it. The score is the greedy response's whole-sequence log-probability
+(--atc-score token-mean: the per-token mean, the kit's earlier score).
 
 Figure 5 plots each metric against the gap train accuracy - test accuracy, over all runs and
 checkpoints, Pearson r in each panel title. ATC and PreMemAcc predict test accuracy, so they enter as
@@ -18,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from premem_kit.core import figures
-from premem_kit.analysis.defaults import DEFAULT_GRAD_BATCHES, DEFAULT_GRAD_SEED
+from premem_kit.analysis.defaults import ATC_REFERENCE, DEFAULT_GRAD_BATCHES, DEFAULT_GRAD_SEED
 from premem_kit.analysis.calibration import run_threshold
 from premem_kit.core.errors import warn
 from premem_kit.core.files import atomic_write_json, atomic_write_text, json_safe
@@ -27,7 +31,8 @@ from premem_kit.analysis.prior_metrics import (PriorsError, atc_fit_threshold, a
                                                greedy_scores)
 from premem_kit.analysis.rundata import RunData, load_runs
 
-GREEDY_HINT = "python evaluate.py {run} --eval_splits train test --greedy"
+GREEDY_HINT = "python evaluate.py {run} --eval_splits {splits} --greedy"
+QLORA_FACTOR = 10  # the kit's QLoRA rule: LoRA runs train at 10x the paper's full-finetuning learning rate
 METRICS = (  # (column plotted on x, panel title)
     ("grad_variance", "gradient variance"),
     ("distance_from_init", "distance from initialization"),
@@ -38,28 +43,50 @@ POINT_COLUMNS = ["run", "step", "epoch", "lr", "train_acc", "test_acc", "gap", "
                  "distance_from_init", "atc_pred_test_acc", "atc_gap", "premem_acc", "premem_gap"]
 
 
+def is_reference(run: RunData) -> bool:
+    """Is this the authors' ATC reference run: 3 epochs on the full train set at lr 2e-5 (appendix B.3;
+    gsm8k_orig_line_baselines.ipynb fits on gsm8k_orig_3epochs_full2_lr2e-05_bs128), or at 2e-4 for a LoRA
+    run (the kit's QLoRA rule). A run whose config has no lora_r (an imported published run) is full
+    finetuning."""
+    lr = run.learning_rate
+    scale = QLORA_FACTOR if (run.setting("lora_r", 0) or 0) > 0 else 1
+    want = ATC_REFERENCE["learning_rate"] * scale
+    return (run.setting("subset") == ATC_REFERENCE["subset"] and run.setting("num_epochs") == ATC_REFERENCE["num_epochs"]
+            and lr is not None and abs(lr - want) <= 1e-9 * want)
+
+
 def pick_run(runs: list[RunData], spec: str | None) -> RunData:
-    """The run named by spec (run name, folder name or path); the first run when spec is None."""
+    """The run named by spec (run name, folder name or path); when spec is None the authors' reference run
+    (is_reference), or else the first run, with a warning."""
     if spec is None:
-        return runs[0]
+        ref = next((r for r in runs if is_reference(r)), None)
+        if ref is None:
+            warn(f"ATC: no run trained {ATC_REFERENCE['num_epochs']} epochs on the full train set at lr "
+                 f"{ATC_REFERENCE['learning_rate']:g} (x{QLORA_FACTOR} for LoRA), the authors' reference; fitting "
+                 f"on the first run, {runs[0].name} (--atc-reference RUN chooses)")
+            return runs[0]
+        return ref
     for r in runs:
         if spec in (r.name, r.path.name, str(r.path)) or (Path(spec).exists() and Path(spec).resolve() == r.path.resolve()):
             return r
     raise PriorsError(f"--atc-reference {spec!r} is none of the runs given: " + ", ".join(r.name for r in runs))
 
 
-def fit_atc(ref: RunData) -> dict:
-    """The ATC threshold from the reference run's last checkpoint with test greedy and test records."""
+def fit_atc(ref: RunData, fit_on: str = "train", score: str = "sequence") -> dict:
+    """The ATC threshold from the reference run's last checkpoint with test records and greedy records of
+    the `fit_on` split: the fraction of that split's greedy scores above it equals the test accuracy."""
     for k in range(len(ref.steps) - 1, -1, -1):
         step = int(ref.steps[k])
-        scores = greedy_scores(ref.path, step, "test")
+        scores = greedy_scores(ref.path, step, fit_on, score)
         if scores is not None and not np.isnan(ref.test_acc[k]):
             t = atc_fit_threshold(scores, float(ref.test_acc[k]))
             return {"reference_run": ref.name, "reference_step": step, "reference_test_acc": float(ref.test_acc[k]),
-                    "threshold": t, "reference_fraction_above": atc_predict(scores, t), "n_test": int(scores.size)}
+                    "reference_is_authors": is_reference(ref), "fit_on": fit_on, "score": score,
+                    "threshold": t, "reference_fraction_above": atc_predict(scores, t), "n_fit": int(scores.size)}
     raise PriorsError(
-        f"{ref.path}: ATC reference run has no checkpoint with both test records and test greedy records "
-        f"({ref.path}/greedy/step-XXXXXX.test.parquet); make them with:\n  " + GREEDY_HINT.format(run=ref.path))
+        f"{ref.path}: ATC reference run has no checkpoint with both test records and {fit_on} greedy records "
+        f"({ref.path}/greedy/step-XXXXXX.{fit_on}.parquet); make them with:\n  "
+        + GREEDY_HINT.format(run=ref.path, splits=" ".join(dict.fromkeys(["train", fit_on]))))
 
 
 def priors_table(runs: list[RunData], t: float, atc: dict | None, cached: dict) -> pd.DataFrame:
@@ -73,7 +100,7 @@ def priors_table(runs: list[RunData], t: float, atc: dict | None, cached: dict) 
             if np.isnan(run.test_acc[k]) or step not in cached[run.name]:
                 continue
             c = cached[run.name][step]
-            sc = greedy_scores(run.path, step, "train") if atc else None
+            sc = greedy_scores(run.path, step, "train", atc["score"]) if atc else None
             pred = atc_predict(sc, atc["threshold"]) if sc is not None else float("nan")
             rows.append({
                 "run": run.name, "step": step, "epoch": float(run.epochs[k]),
@@ -125,10 +152,11 @@ def fig5(points: pd.DataFrame, corr: dict):
     return fig
 
 
-def optional_atc(runs: list[RunData], atc_reference: str | None) -> dict | None:
+def optional_atc(runs: list[RunData], atc_reference: str | None, fit_on: str = "train",
+                 score: str = "sequence") -> dict | None:
     """fit_atc on the reference run; without an explicit reference a failure leaves ATC out (warning)."""
     try:
-        return fit_atc(pick_run(runs, atc_reference))
+        return fit_atc(pick_run(runs, atc_reference), fit_on, score)
     except PriorsError as e:
         if atc_reference is not None:
             raise
@@ -136,40 +164,45 @@ def optional_atc(runs: list[RunData], atc_reference: str | None) -> dict | None:
         return None
 
 
-def run_priors(run_dirs, out, *, atc_reference=None, threshold_loglog=None, threshold_ppl=None, threshold_from=None,
-               n_batches=DEFAULT_GRAD_BATCHES, batch_size=None, seed=DEFAULT_GRAD_SEED, grad_variance=True,
-               force=False, figures=True, progress=True, verbose=True) -> dict:
+def run_priors(run_dirs, out, *, atc_reference=None, atc_fit_on="train", atc_score="sequence", threshold_loglog=None,
+               threshold_ppl=None, threshold_from=None, calibrate=False, n_batches=DEFAULT_GRAD_BATCHES,
+               batch_size=None, seed=DEFAULT_GRAD_SEED, grad_draw="first", grad_loss="example",
+               exclude_embeddings=True, grad_variance=True, force=False, figures=True, progress=True,
+               verbose=True) -> dict:
     """Everything `premem.py priors` does; returns the dict written to OUT/priors.json.
 
-    Threshold of the PreMemAcc gap: given, read from an analyze summary.json (threshold_from), or
-    calibrated on these runs (calibration.run_threshold).
+    Threshold of the PreMemAcc gap: given, read from an analyze summary.json (threshold_from), calibrated
+    on these runs (calibrate), or else the task's, as the authors' Figure 5 (calibration.run_threshold).
     """
     out = Path(out)
     if n_batches < 2:
         raise PriorsError(f"--grad-batches must be at least 2 (a variance), got {n_batches}")
     runs = load_runs(run_dirs, variant="original", progress=progress)
     t, source = run_threshold(runs, threshold_loglog=threshold_loglog, threshold_ppl=threshold_ppl,
-                              threshold_from=threshold_from)
+                              threshold_from=threshold_from, calibrate=calibrate)
     cached = {}
     for run in runs:
         cached[run.name] = compute_run_priors(run.path, n_batches=n_batches, batch_size=batch_size, seed=seed,
-                                              grad_variance=grad_variance, force=force, progress=progress)
+                                              grad_variance=grad_variance, force=force, progress=progress,
+                                              draw=grad_draw, loss=grad_loss, exclude_embeddings=exclude_embeddings)
         if not cached[run.name]:
             warn(f"{run.path}: no complete checkpoint folder; no prior metrics for this run")
-    atc = optional_atc(runs, atc_reference)
+    atc = optional_atc(runs, atc_reference, atc_fit_on, atc_score)
     points = priors_table(runs, t, atc, cached)
     if points.empty:
         raise PriorsError("no checkpoint has a checkpoint folder, train records and test records: "
                           + ", ".join(str(r.path) for r in runs))
     if atc and points["atc_pred_test_acc"].isna().any():
         miss = sorted(set(points.loc[points["atc_pred_test_acc"].isna(), "run"]))
-        warn(f"no train greedy records for some checkpoints of {miss}; make them with: " + GREEDY_HINT.format(run="RUN"))
+        warn(f"no train greedy records for some checkpoints of {miss}; make them with: "
+             + GREEDY_HINT.format(run="RUN", splits="train"))
     corr = pearson_by_metric(points)
     result = json_safe({
         "threshold_loglog": t, "threshold_ppl": ppl_from_loglog(t), "threshold_source": source,
         "atc": atc, "pearson_r_vs_gap": corr,
         "gradient_variance": {"n_batches": n_batches, "batch_size": batch_size or "run's batch_size", "seed": seed,
-                              "computed": grad_variance},
+                              "draw": grad_draw, "loss": grad_loss, "computed": grad_variance},
+        "distance_from_init": "without the embedding and output layers" if exclude_embeddings else "all weights",
         "n_runs": len(runs), "n_points": len(points), "points": points.to_dict(orient="records"),
         "files": ["priors.json", "priors.csv"],
     })
@@ -190,8 +223,9 @@ def save_fig5(points: pd.DataFrame, corr: dict, folder: Path) -> list[str]:
 def print_result(points: pd.DataFrame, atc: dict | None, corr: dict, result: dict, out: Path) -> None:
     print(points.to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     if atc:
-        print(f"ATC threshold {atc['threshold']:.5g} fitted on {atc['reference_run']} step {atc['reference_step']} "
-              f"(test acc {atc['reference_test_acc']:.3f}, fraction above {atc['reference_fraction_above']:.3f})")
+        print(f"ATC threshold {atc['threshold']:.5g} ({atc['score']} score) fitted on {atc['reference_run']} step "
+              f"{atc['reference_step']}'s {atc['fit_on']} examples (test acc {atc['reference_test_acc']:.3f}, fraction "
+              f"above {atc['reference_fraction_above']:.3f})")
     print("Pearson r with the generalization gap: " + ", ".join(
         f"{col} {_r_text(corr[col]['pearson_r'])}" for col, _ in METRICS))
     print(f"wrote {out}/: " + ", ".join(result["files"]))

@@ -2,13 +2,15 @@
 (Kang et al., Figures 6-7).
 
 At one checkpoint (default: the last one with train records of every prompt variant), every train
-example gets its PreMemAcc from the original-prompt records (only they carry the target perplexity);
-examples are binned by PreMemAcc (bin k = [edge_k, edge_k+1), the last bin closed), and per bin and
-variant the accuracy distribution (Figure 7: violins, mean as a line) and mean (table) are reported,
-with the Spearman rank correlation between PreMemAcc and the accuracy under each prompt. Figure 6
-shows a few examples spread over the PreMemAcc range and the model's first sample under each prompt.
-The variant records come from `python evaluate.py RUN --eval_splits train --eval_variants original first
-we_know_that`.
+example gets its PreMemAcc from the original-prompt records (only they carry the target perplexity) at
+the task's fixed memorization threshold (GSM8K -2.3, MATH -1.7, as the authors' Figure 7); examples are
+binned by PreMemAcc, as the authors (gsm8k_orig_perplexity_gpt4o.ipynb): bins [0, 0.2), [0.2, 0.4), ...,
+[0.8, 1) and a bin of its own for PreMemAcc = 1 (bin_for_one; without it the last bin is closed [e, 1]).
+Per bin and variant the accuracy distribution (Figure 7: violins, mean as a line) and mean (table) are
+reported, with the Spearman rank correlation between PreMemAcc and the accuracy under each prompt.
+Figure 6 shows a few examples spread over the PreMemAcc range and the model's first sample under each
+prompt. The variant records come from `python evaluate.py RUN --eval_splits train --eval_variants first
+we_know_that --eval_samples 10 --steps STEP` (the authors sample 10 answers per prompt for Figure 7).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import pandas as pd
 from premem_kit.core import figures
 from premem_kit.core import records
 from premem_kit.core import runs
-from premem_kit.analysis.defaults import DEFAULT_BINS, DEFAULT_FIG6_EXAMPLES
+from premem_kit.analysis.defaults import DEFAULT_BIN_FOR_ONE, DEFAULT_BINS, DEFAULT_FIG6_EXAMPLES, ROBUSTNESS_SAMPLES
 from premem_kit.analysis.calibration import run_threshold
 from premem_kit.core.errors import warn
 from premem_kit.core.files import atomic_write_json, atomic_write_text, json_safe
@@ -30,7 +32,8 @@ from premem_kit.analysis.rundata import AnalysisError, RunData, load_run
 
 PERTURBED = ("first", "we_know_that")
 VARIANT_ORDER = ("original",) + PERTURBED
-EVAL_HINT = "python evaluate.py {run} --eval_splits train --eval_variants original first we_know_that"
+EVAL_HINT = (f"python evaluate.py {{run}} --eval_splits train --eval_variants original first we_know_that "
+             f"--eval_samples {ROBUSTNESS_SAMPLES}")
 COLORS = {"original": "#4c72b0", "first": "#dd8452", "we_know_that": "#55a868"}
 OUTPUT_FILES = ["robustness.json", "robustness_table.csv", "robustness_examples.csv", "fig6_examples.json"]
 
@@ -38,23 +41,31 @@ OUTPUT_FILES = ["robustness.json", "robustness_table.csv", "robustness_examples.
 # ----------------------------------------------------------------------------- bins and correlations
 
 
-def bin_index(x, edges) -> np.ndarray:
-    """Bin k holds edges[k] <= x < edges[k+1]; the last bin is closed on the right."""
+def n_bins(edges, bin_for_one: bool = False) -> int:
+    return len(edges) - 1 + bool(bin_for_one)
+
+
+def bin_index(x, edges, bin_for_one: bool = False) -> np.ndarray:
+    """Bin k holds edges[k] <= x < edges[k+1]. x equal to the last edge: in a bin of its own after the
+    others (bin_for_one, the authors' bin for PreMemAcc = 1), else in the last bin (closed on the right)."""
     edges = np.asarray(edges, dtype=np.float64)
     if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
         raise AnalysisError(f"bin edges must be at least 2 increasing numbers, got {edges.tolist()}")
     x = np.asarray(x, dtype=np.float64)
     k = np.searchsorted(edges, x, side="right") - 1
-    k = np.where(x == edges[-1], edges.size - 2, k)
-    if ((k < 0) | (k > edges.size - 2)).any():
-        bad = x[(k < 0) | (k > edges.size - 2)][0]
+    k = np.where(x == edges[-1], edges.size - (1 if bin_for_one else 2), k)
+    last = n_bins(edges, bin_for_one) - 1
+    if ((k < 0) | (k > last)).any():
+        bad = x[(k < 0) | (k > last)][0]
         raise AnalysisError(f"PreMemAcc {bad} lies outside the bin edges {edges.tolist()}")
     return k
 
 
-def bin_labels(edges) -> list[str]:
+def bin_labels(edges, bin_for_one: bool = False) -> list[str]:
     n = len(edges) - 1
-    return [f"[{edges[k]:g}, {edges[k + 1]:g}" + ("]" if k == n - 1 else ")") for k in range(n)]
+    labels = [f"[{edges[k]:g}, {edges[k + 1]:g}" + ("]" if k == n - 1 and not bin_for_one else ")")
+              for k in range(n)]
+    return labels + ([f"{edges[-1]:g}"] if bin_for_one else [])
 
 
 def spearman(x, y) -> float:
@@ -127,14 +138,15 @@ def example_frame(run: RunData, step: int, t: float) -> tuple[pd.DataFrame, dict
     return df, raw
 
 
-def robustness_table(df: pd.DataFrame, edges) -> tuple[pd.DataFrame, dict]:
+def robustness_table(df: pd.DataFrame, edges, bin_for_one: bool = False) -> tuple[pd.DataFrame, dict]:
     """Mean accuracy per PreMemAcc bin and variant, and the Spearman correlations."""
     df = df.copy()
-    df["bin"] = bin_index(df["premem_acc"], edges)
+    df["bin"] = bin_index(df["premem_acc"], edges, bin_for_one)
     rows = []
-    for k, lab in enumerate(bin_labels(edges)):
+    bounds = [(edges[k], edges[k + 1]) for k in range(len(edges) - 1)] + ([(edges[-1], edges[-1])] if bin_for_one else [])
+    for k, lab in enumerate(bin_labels(edges, bin_for_one)):
         sub = df[df["bin"] == k]
-        row = {"bin": lab, "lo": float(edges[k]), "hi": float(edges[k + 1]), "n": int(len(sub)),
+        row = {"bin": lab, "lo": float(bounds[k][0]), "hi": float(bounds[k][1]), "n": int(len(sub)),
                "mean_premem_acc": float(sub["premem_acc"].mean()) if len(sub) else float("nan")}
         for v in VARIANT_ORDER:
             row[f"acc_{v}"] = float(sub[f"acc_{v}"].mean()) if len(sub) else float("nan")
@@ -192,11 +204,11 @@ def fig6_examples(run: RunData, df: pd.DataFrame, raw: dict, k: int = DEFAULT_FI
 # ----------------------------------------------------------------------------- figures
 
 
-def fig7(df: pd.DataFrame, edges, title: str):
+def fig7(df: pd.DataFrame, edges, title: str, bin_for_one: bool = False):
     """Violins of accuracy per PreMemAcc bin x variant, mean as a line. Returns (fig, {(bin, variant): mean})."""
     plt = figures.pyplot()
-    bins = bin_index(df["premem_acc"], edges)
-    labels = bin_labels(edges)
+    bins = bin_index(df["premem_acc"], edges, bin_for_one)
+    labels = bin_labels(edges, bin_for_one)
     fig, ax = plt.subplots(figsize=(1.9 * len(labels) + 2, 4))
     w = 0.8 / len(VARIANT_ORDER)
     means = {}
@@ -254,12 +266,18 @@ def fig6(examples: list[dict], title: str):
 # ----------------------------------------------------------------------------- the command
 
 
+def samples_per_prompt(raw: dict) -> dict[str, int]:
+    """The number of samples per prompt of each variant's records (the most common count)."""
+    return {v: int(r["outcomes"].map(len).mode().iloc[0]) if len(r) else 0 for v, r in raw.items()}
+
+
 def run_robustness(run_dir, out, *, step=None, threshold_loglog=None, threshold_ppl=None, threshold_from=None,
-                   edges=DEFAULT_BINS, n_examples=DEFAULT_FIG6_EXAMPLES, figures=True, verbose=True) -> dict:
+                   calibrate=False, edges=DEFAULT_BINS, bin_for_one=DEFAULT_BIN_FOR_ONE,
+                   n_examples=DEFAULT_FIG6_EXAMPLES, figures=True, verbose=True) -> dict:
     """Everything `premem.py robustness` does; returns the dict written to OUT/robustness.json.
 
-    Threshold: given (loglog or perplexity), read from an analyze summary.json (threshold_from), or
-    calibrated on this run (calibration.run_threshold).
+    Threshold: given (loglog or perplexity), read from an analyze summary.json (threshold_from), calibrated
+    on this run (calibrate, the kit's earlier default), or else the task's (calibration.run_threshold).
     """
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
@@ -267,17 +285,22 @@ def run_robustness(run_dir, out, *, step=None, threshold_loglog=None, threshold_
     step = choose_step(run_dir, step)
     run = load_run(run_dir, variant="original")
     t, source = run_threshold([run], threshold_loglog=threshold_loglog, threshold_ppl=threshold_ppl,
-                              threshold_from=threshold_from)
+                              threshold_from=threshold_from, calibrate=calibrate)
     df, raw = example_frame(run, step, t)
     edges = [float(e) for e in edges]
-    df["bin"] = bin_index(df["premem_acc"], edges)
-    table, corr = robustness_table(df, edges)
+    df["bin"] = bin_index(df["premem_acc"], edges, bin_for_one)
+    table, corr = robustness_table(df, edges, bin_for_one)
+    samples = samples_per_prompt(raw)
+    if min(samples[v] for v in PERTURBED) < ROBUSTNESS_SAMPLES:
+        warn(f"{run_dir}: {samples} samples per prompt; the authors' Figure 7 uses {ROBUSTNESS_SAMPLES} "
+             f"(evaluate.py --eval_samples {ROBUSTNESS_SAMPLES})")
     examples = fig6_examples(run, df, raw, n_examples)
     k = int(np.flatnonzero(run.steps == step)[0])
     result = json_safe({
         "run": run.name, "path": str(run_dir), "step": int(step), "epoch": float(run.epochs[k]),
         "threshold_loglog": t, "threshold_ppl": ppl_from_loglog(t), "threshold_source": source,
-        "n_examples": int(len(df)), "bins": edges, **corr, "table": table.to_dict(orient="records"),
+        "n_examples": int(len(df)), "bins": edges, "bin_for_one": bool(bin_for_one),
+        "samples_per_prompt": samples, **corr, "table": table.to_dict(orient="records"),
         "files": list(OUTPUT_FILES),
     })
     out.mkdir(parents=True, exist_ok=True)
@@ -285,7 +308,7 @@ def run_robustness(run_dir, out, *, step=None, threshold_loglog=None, threshold_
     atomic_write_text(out / "robustness_examples.csv", df.to_csv(index=False))
     atomic_write_json(out / "fig6_examples.json", examples)
     if figures:
-        result["files"] += write_figures(out / "figures", run.name, step, df, edges, corr, examples)
+        result["files"] += write_figures(out / "figures", run.name, step, df, edges, corr, examples, bin_for_one)
     atomic_write_json(out / "robustness.json", result)
     if verbose:
         print_result(result, table, corr, out)
@@ -293,11 +316,11 @@ def run_robustness(run_dir, out, *, step=None, threshold_loglog=None, threshold_
 
 
 def write_figures(folder: Path, name: str, step: int, df: pd.DataFrame, edges, corr: dict,
-                  examples: list[dict]) -> list[str]:
+                  examples: list[dict], bin_for_one: bool = False) -> list[str]:
     """fig7 and fig6 (PNG + PDF) into folder; returns their paths relative to the output folder."""
     title = (f"{name} step {step}: Spearman(PreMemAcc, acc) first {corr['spearman_first']:.3f}, "
              f"we_know_that {corr['spearman_we_know_that']:.3f}, original {corr['spearman_original']:.3f}")
-    f7, _ = fig7(df, edges, title)
+    f7, _ = fig7(df, edges, title, bin_for_one)
     names = figures.save(f7, folder, "fig7")
     names += figures.save(fig6(examples, f"{name} step {step}: first sample under each prompt"), folder, "fig6")
     return ["figures/" + n for n in names]
@@ -305,7 +328,8 @@ def write_figures(folder: Path, name: str, step: int, df: pd.DataFrame, edges, c
 
 def print_result(result: dict, table: pd.DataFrame, corr: dict, out: Path) -> None:
     print(f"{result['run']} step {result['step']}, {result['n_examples']} train examples; threshold loglog "
-          f"{result['threshold_loglog']:.4f} ({result['threshold_source']})")
+          f"{result['threshold_loglog']:.4f} ({result['threshold_source']}); samples per prompt "
+          + ", ".join(f"{v} {n}" for v, n in result["samples_per_prompt"].items()))
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print("Spearman(PreMemAcc, accuracy): " + ", ".join(
         f"{v} {corr['spearman_' + v]:.3f}" for v in VARIANT_ORDER)
