@@ -4,6 +4,7 @@ Reveal About Generalization in LLM Reasoning?": predict test accuracy from train
     python premem.py analyze RUN_DIR... --out DIR [--threshold LOGLOG | --threshold-ppl P |
                                                    --calibrate-on RUN...] [--fragile-t 0.75]
     python premem.py fetch-published OUT_DIR [--tasks gsm8k math] [--samples 5 | --all-samples]
+                                     [--base-url URL] [--timeout 20]
     python premem.py import-published SRC_CKPTS_DIR OUT_DIR [--model NAME] [--force] [--samples N | --most-samples]
     python premem.py robustness RUN --out DIR [--step N] [--threshold LOGLOG | ...]      (Figures 6-7)
     python premem.py priors RUN [RUN ...] --out DIR [--atc-reference RUN] [...]           (Figure 5)
@@ -19,8 +20,9 @@ import sys
 from pathlib import Path
 
 from premem_kit.core import cli
-from premem_kit.analysis.defaults import (DEFAULT_BINS, DEFAULT_FIG6_EXAMPLES, DEFAULT_FRAGILE_T,
-                                          DEFAULT_GRAD_BATCHES, DEFAULT_GRAD_SEED, DEFAULT_MODEL, DEFAULT_SWEEP)
+from premem_kit.analysis.defaults import (ATC_FIT_ON, ATC_SCORES, DEFAULT_BINS, DEFAULT_FIG6_EXAMPLES,
+                                          DEFAULT_FRAGILE_T, DEFAULT_GRAD_BATCHES, DEFAULT_GRAD_SEED, DEFAULT_MODEL,
+                                          DEFAULT_SWEEP, EARLIER_BINS, GRAD_DRAWS, GRAD_LOSSES)
 
 THRESHOLD_HELP = """threshold convention:
   memorized <=> perplexity < P <=> log(log(perplexity)) < X, with P = exp(exp(X)), X = log(log(P)).
@@ -36,24 +38,30 @@ ANALYZE_DOC = (
     "log(log(perplexity)) like the authors (--threshold; p = exp(exp(X))); perplexity <= 1 is "
     "always memorized. Default: calibrate on all runs (maximize R^2 of test acc vs y = x over a "
     "loglog grid). Checkpoints are the trained ones, as the paper; step 0 (base model) records count "
-    "only with --include-step0."
+    "only with --include-step0. Points (calibration, R^2, figures) are Figure 4's: every checkpoint of a "
+    "full run, a half or quarter run's at 1/3, 2/3 and the end of training (--all-checkpoints: all)."
 )
 
 ROBUSTNESS_DOC = """Robustness of a train example's answer to a small change of the prompt (Kang et al., Figures 6-7).
 
     python premem.py robustness RUN --out DIR [--step N] [--threshold LOGLOG | --threshold-ppl P |
-                                               --threshold-from SUMMARY_JSON] [--bins 0 0.25 0.5 0.75 1]
+                                               --threshold-from SUMMARY_JSON | --calibrate]
+                                               [--bins 0 0.2 0.4 0.6 0.8 1] [--no-bin-for-one]
 
 Needs the run's train records for the prompt variants (original, " First", " We know that" appended
-after "Answer:"), which evaluate.py writes with
+after "Answer:"), which evaluate.py writes with (10 samples per prompt, as the authors' Figure 7; STEP the
+checkpoint to analyze, e.g. the run's last)
 
-    python evaluate.py RUN --eval_splits train --eval_variants original first we_know_that
+    python evaluate.py RUN --eval_splits train --eval_variants first we_know_that --eval_samples 10 --steps STEP
 
 What it computes, at one checkpoint m (default: the last one with train records of every variant):
   * PreMemAcc[m, i] of every train example from the *original* records (only they carry the target
-    perplexity), with the memorization threshold given or, by default, calibrated on this run as
-    `premem.py analyze` does (prefer --threshold-from OUT/summary.json of an analyze over many runs);
-  * examples binned by PreMemAcc: bin k = [edge_k, edge_k+1), the last bin closed [edge, 1];
+    perplexity), at the task's fixed memorization threshold by default (GSM8K -2.3, MATH -1.7, as the
+    authors' Figure 7), or given, or read from an analyze summary.json, or calibrated on this one run
+    (--calibrate, the kit's earlier default);
+  * examples binned by PreMemAcc, as the authors: [0, 0.2), [0.2, 0.4), ..., [0.8, 1) and a bin of its
+    own for PreMemAcc = 1 (--no-bin-for-one: the last bin closed [edge, 1] instead; the kit's earlier
+    bins were --bins 0 0.25 0.5 0.75 1 --no-bin-for-one);
   * per bin and variant the accuracy distribution (Figure 7: violins, the mean as a line) and the mean
     (table); the Spearman rank correlation (scipy) between PreMemAcc and the accuracy under each
     perturbed prompt, and under both pooled (mean of the two perturbed accuracies per example);
@@ -67,45 +75,42 @@ DIR/fig6_examples.json, DIR/figures/fig7.{png,pdf}, DIR/figures/fig6.{png,pdf}.
 
 PRIORS_DOC = """The generalization metrics proposed before PreMemAcc (Kang et al., appendix B; Figure 5).
 
-    python premem.py priors RUN [RUN ...] --out DIR [--atc-reference RUN] [--threshold LOGLOG |
-                            --threshold-ppl P | --threshold-from SUMMARY_JSON]
-                            [--grad-batches 5] [--grad-batch-size B] [--seed 0] [--force]
+    python premem.py priors RUN [RUN ...] --out DIR [--atc-reference RUN] [--atc-fit-on train|test]
+                            [--atc-score sequence|token-mean] [--threshold LOGLOG | --threshold-ppl P |
+                            --threshold-from SUMMARY_JSON | --calibrate] [--grad-batches 5]
+                            [--grad-batch-size B] [--grad-draw first|random] [--grad-loss example|token]
+                            [--seed 0] [--distance-all-weights] [--force]
 
-Per checkpoint of every run (step 0, the base model, has no checkpoint and is left out):
+Per checkpoint of every run (step 0 has no checkpoint and is left out); the defaults follow the authors'
+code (reasoning_data: gsm8k_eval_grad_var.py, gsm8k_eval_weight_norm.py, gsm8k_eval.py,
+gsm8k_orig_line_baselines.ipynb), each option named "earlier" keeps the kit's earlier rule
+(definitions: premem_kit/analysis/prior_metrics.py, docs/commands.md):
 
 gradient variance
-    The gradient of the training loss (mean cross-entropy over the target tokens, as train.py) with
-    respect to the trainable parameters (the LoRA A and B matrices; every weight when lora_r = 0) on
-    --grad-batches (5) minibatches of --grad-batch-size (default: the run's batch_size) train examples,
-    each a seeded random draw from the run's train set (the same draws at every checkpoint). The
-    elementwise variance across the 5 gradients (population variance, i.e. divided by 5), averaged over
-    all elements. Dropout is off (eval mode), so identical minibatches give exactly 0.
+    of the training loss's gradient over the trainable parameters (LoRA A and B; every weight with
+    lora_r 0), across --grad-batches (5) minibatches of --grad-batch-size (default the run's batch_size):
+    the first 5 x B of the run's train examples in the split's order (--grad-draw random: seeded draws,
+    earlier), the loss the mean of per-example mean token losses (--grad-loss token: the token-weighted
+    mean, earlier); elementwise population variance, averaged over all elements; dropout off.
 distance from initialization
-    The sum over all weights of the squared change from the initial model. With LoRA the initial
-    adapter is B = 0, so it is the squared Frobenius norm of the merged change, summed over adapted
-    layers: sum ||s * B @ A||^2 with s = lora_alpha / r (lora_alpha / sqrt(r) with rsLoRA), computed
-    from the r x r Gram matrices, ||BA||^2 = tr((B^T B)(A A^T)), straight from the adapter file (no base
-    model, no full matrix). With lora_r = 0, the sum of squared differences to the base weights.
+    the sum of squared changes from the initial model over every weight but the input embedding and the
+    output layer (--distance-all-weights: every weight, earlier); with LoRA, sum ||s B A||^2 over adapted
+    layers from the adapter file (B = 0 at initialization).
 ATC (Average Thresholded Confidence)
-    The score of an example is the likelihood of the model's greedy response (evaluate.py --greedy:
-    RUN/greedy/step-XXXXXX.<split>.parquet, column likelihood). A threshold is fitted on one
-    reference run (--atc-reference, default the first run; the paper uses the 3-epoch, lr 2e-5 run) at
-    its last checkpoint with test greedy records: the fraction of its test examples whose score is above
-    the threshold equals its test accuracy (the sampled accuracy of its test records). Every run's test
-    accuracy at every checkpoint is then predicted as the fraction of its train examples whose score is
-    above that threshold.
+    the score of an example is its greedy response's whole log-probability (evaluate.py --greedy;
+    --atc-score token-mean: the per-token mean, earlier). The threshold is fitted on the reference run
+    (default: 3 epochs, full train set, lr 2e-5, the authors' reference, 2e-4 for LoRA; else the first run)
+    at its last checkpoint: the fraction of its train examples above it equals its test accuracy
+    (--atc-fit-on test: of its test examples, earlier). Each run's predicted test accuracy is the fraction
+    of its train examples above it. Needs: python evaluate.py RUN --eval_splits train --greedy.
 
-Figure 5 plots each metric against the true generalization gap, train accuracy - test accuracy (both
-the mean sampled accuracy of the original-prompt records), over all runs and checkpoints, Pearson r in
-each panel title. ATC and PreMemAcc predict test accuracy, so they enter as predicted gaps:
-train accuracy - ATC prediction, and train accuracy - mean PreMemAcc (the threshold as in
-`premem.py analyze`: given, or calibrated on the runs given here). Gradient variance and distance enter
-as they are.
-
-Per-checkpoint gradient variance and distance are cached in RUN/priors/step-XXXXXX.json (written
-atomically, with the settings they were computed with); a rerun with the same settings skips them
-(--no-grad-variance reuses any cached distance), --force recomputes. Outputs: DIR/priors.csv and
-DIR/priors.json (points, Pearson r per metric, ATC threshold and reference), DIR/figures/fig5.{png,pdf}.
+Figure 5 plots each metric against the generalization gap, train accuracy - test accuracy, over all runs
+and checkpoints, Pearson r in each panel title; ATC and PreMemAcc enter as predicted gaps (train accuracy
+- prediction), PreMemAcc at the task's threshold (GSM8K -2.3, MATH -1.7, as the authors), or given, or
+--calibrate. Gradient variance and distance are cached per checkpoint in RUN/priors/step-XXXXXX.json with
+their settings (--no-grad-variance reuses a cached distance over the same weights; --force recomputes).
+Outputs: DIR/priors.csv, DIR/priors.json (points, Pearson r, ATC threshold and reference),
+DIR/figures/fig5.{png,pdf}.
 """
 
 
@@ -150,6 +155,10 @@ def add_analyze(sub) -> None:
     st.add_argument("--include-step0", action="store_true",
                     help="count step-0 (base model) records as a checkpoint (a point, and part of the running max)")
     st.add_argument("--no-step0", action="store_true", help="ignore step-0 records (the default, as the paper)")
+    an.add_argument("--all-checkpoints", action="store_true",
+                    help="every checkpoint with a test record is a point (the kit's earlier rule); default: Figure "
+                         "4's, every checkpoint of a full run and a half or quarter run's at 1/3, 2/3 and the end "
+                         "of its training, as the authors plot them")
     an.add_argument("--fig3-run", help="run shown in fig3 (default: the first run with the most checkpoints)")
     an.add_argument("--no-figures", action="store_true", help="skip the figures")
 
@@ -186,15 +195,32 @@ def add_fetch_published(sub) -> None:
     fp.add_argument("--tasks", nargs="+", choices=["gsm8k", "math"], default=["gsm8k", "math"],
                     help="13 GSM8K and 11 MATH runs (default both)")
     ns = fp.add_mutually_exclusive_group()
-    ns.add_argument("--samples", type=int, default=5, metavar="N",
+    ns.add_argument("--samples", type=cli.positive_int, default=5, metavar="N",
                     help="answer files with N samples per example (default %(default)s; elsewhere the most)")
     ns.add_argument("--all-samples", action="store_true", help="every answer file (133 MB in all)")
-    fp.add_argument("--base-url", help="another mirror of the repository at the pinned commit")
+    fp.add_argument("--base-url", type=base_url_arg, metavar="URL",
+                    help="another mirror of the repository at the pinned commit (http or https); user:password@ in "
+                         "it is sent as HTTP basic auth to that host only, a ?query is kept on every file; both are "
+                         "shown as *** in every message")
+    fp.add_argument("--timeout", type=cli.positive_float, default=20.0, metavar="SECONDS",
+                    help="give a file up when the server sends nothing for SECONDS (connecting, answering or "
+                         "mid-file), retries included (default %(default)g)")
+
+
+def base_url_arg(text: str) -> str:
+    """--base-url checked while parsing (the message redacted); the download module loads only here."""
+    from premem_kit.analysis.download import base_url_arg as check
+
+    return check(text)
 
 
 def add_threshold_args(p: argparse.ArgumentParser) -> None:
-    """The threshold options of robustness and priors (calibration.run_threshold takes their values)."""
+    """The threshold options of robustness and priors (calibration.run_threshold takes their values); none
+    given: the task's fixed threshold (GSM8K -2.3, MATH -1.7), as the authors' Figures 5 and 7."""
     g = p.add_mutually_exclusive_group()
+    g.add_argument("--calibrate", action="store_true",
+                   help="calibrate the threshold on the runs given, as premem.py analyze (the kit's earlier default; "
+                        "default: the task's, GSM8K -2.3, MATH -1.7)")
     g.add_argument("--threshold", "--threshold-loglog", dest="threshold", type=float, metavar="LOGLOG",
                    help="memorization threshold on log(log(perplexity)) (as premem.py analyze --threshold)")
     g.add_argument("--threshold-ppl", type=float, metavar="P", help="memorization threshold on perplexity")
@@ -210,7 +236,11 @@ def add_robustness(sub) -> None:
     p.add_argument("--step", type=int, help="checkpoint step (default: the last with every variant)")
     add_threshold_args(p)
     p.add_argument("--bins", type=float, nargs="+", default=list(DEFAULT_BINS), metavar="EDGE",
-                   help="PreMemAcc bin edges (default %(default)s)")
+                   help="PreMemAcc bin edges (default %(default)s, the authors'; the kit's earlier: "
+                        + " ".join(f"{e:g}" for e in EARLIER_BINS) + " with --no-bin-for-one)")
+    p.add_argument("--no-bin-for-one", action="store_true",
+                   help="no bin of its own for PreMemAcc = 1: the last bin is closed [edge, 1] (default: a bin for 1, "
+                        "as the authors)")
     p.add_argument("--examples", type=int, default=DEFAULT_FIG6_EXAMPLES, help="examples in fig6 (default %(default)s)")
     p.add_argument("--no-figures", action="store_true")
 
@@ -220,12 +250,30 @@ def add_priors(sub) -> None:
                        description=PRIORS_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", metavar="RUN", help="run folders (globs fine)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument("--atc-reference", metavar="RUN", help="run whose test set fits the ATC threshold (default: the first)")
+    p.add_argument("--atc-reference", metavar="RUN",
+                   help="run whose last checkpoint fits the ATC threshold (default: the run trained 3 epochs on the full "
+                        "set at lr 2e-5, x10 for LoRA, the authors' reference; else the first)")
+    p.add_argument("--atc-fit-on", choices=ATC_FIT_ON, default=ATC_FIT_ON[0],
+                   help="the reference's split whose greedy scores fit the threshold to its test accuracy (default "
+                        "%(default)s, the authors'; test: the kit's earlier fit)")
+    p.add_argument("--atc-score", choices=ATC_SCORES, default=ATC_SCORES[0],
+                   help="greedy response score: its whole log-probability (default %(default)s, the authors') or "
+                        "its per-token mean (token-mean, the kit's earlier score)")
     add_threshold_args(p)
     p.add_argument("--grad-batches", type=int, default=DEFAULT_GRAD_BATCHES,
                    help="minibatches for the gradient variance (default %(default)s)")
     p.add_argument("--grad-batch-size", type=int, help="examples per minibatch (default: the run's batch_size)")
-    p.add_argument("--seed", type=int, default=DEFAULT_GRAD_SEED, help="seed of the minibatch draws (default %(default)s)")
+    p.add_argument("--grad-draw", choices=GRAD_DRAWS, default=GRAD_DRAWS[0],
+                   help="minibatches: the first batches x B train examples in order (default %(default)s, the "
+                        "authors') or seeded random draws (random, the kit's earlier rule)")
+    p.add_argument("--grad-loss", choices=GRAD_LOSSES, default=GRAD_LOSSES[0],
+                   help="minibatch loss: mean of per-example mean losses (default %(default)s, the authors') or the "
+                        "mean over all target tokens (token, the kit's earlier rule)")
+    p.add_argument("--seed", type=int, default=DEFAULT_GRAD_SEED,
+                   help="seed of the minibatch draws with --grad-draw random (default %(default)s)")
+    p.add_argument("--distance-all-weights", action="store_true",
+                   help="distance from initialization over every weight (default: without the input embedding and "
+                        "the output layer, as the authors)")
     p.add_argument("--no-grad-variance", action="store_true", help="skip the gradient variance (no model needed)")
     p.add_argument("--force", action="store_true", help="recompute cached per-checkpoint metrics")
     p.add_argument("--no-figures", action="store_true")
@@ -241,13 +289,14 @@ def analyze(a) -> None:
     run_analyze(a.run_dirs, a.out, threshold_loglog=a.threshold, threshold_ppl=a.threshold_ppl,
                 calibrate_on=a.calibrate_on, grid=default_grid(a.sweep_min, a.sweep_max, a.sweep_points),
                 fragile_t=a.fragile_t, variant=a.variant, include_step0=a.include_step0,
-                figures=not a.no_figures, fig3_run=a.fig3_run)
+                figures=not a.no_figures, fig3_run=a.fig3_run, all_checkpoints=a.all_checkpoints)
 
 
 def fetch_published(a) -> None:
     from premem_kit.analysis.download import fetch
 
-    r = fetch(a.out, tasks=a.tasks, samples=None if a.all_samples else a.samples, base_url=a.base_url)
+    r = fetch(a.out, tasks=a.tasks, samples=None if a.all_samples else a.samples, base_url=a.base_url,
+              timeout=a.timeout)
     print(f"fetch-published: {r['files']} files ({r['bytes'] / 1e6:.1f} MB) in {r['out']}: downloaded "
           f"{r['downloaded']}, kept {r['kept']} (commit {r['commit'][:12]})\n"
           f"next: python premem.py import-published {r['out']} runs/published")
@@ -260,22 +309,24 @@ def import_published(a) -> None:
 
 
 def threshold_kwargs(a) -> dict:
-    return dict(threshold_loglog=a.threshold, threshold_ppl=a.threshold_ppl, threshold_from=a.threshold_from)
+    return dict(threshold_loglog=a.threshold, threshold_ppl=a.threshold_ppl, threshold_from=a.threshold_from,
+                calibrate=a.calibrate)
 
 
 def robustness(a) -> None:
     from premem_kit.analysis.robustness import run_robustness
 
-    run_robustness(a.run_dir, a.out, step=a.step, **threshold_kwargs(a), edges=a.bins, n_examples=a.examples,
-                   figures=not a.no_figures)
+    run_robustness(a.run_dir, a.out, step=a.step, **threshold_kwargs(a), edges=a.bins, bin_for_one=not a.no_bin_for_one,
+                   n_examples=a.examples, figures=not a.no_figures)
 
 
 def priors(a) -> None:
     from premem_kit.analysis.priors import run_priors
 
-    run_priors(a.run_dirs, a.out, atc_reference=a.atc_reference, **threshold_kwargs(a), n_batches=a.grad_batches,
-               batch_size=a.grad_batch_size, seed=a.seed, grad_variance=not a.no_grad_variance, force=a.force,
-               figures=not a.no_figures)
+    run_priors(a.run_dirs, a.out, atc_reference=a.atc_reference, atc_fit_on=a.atc_fit_on, atc_score=a.atc_score,
+               **threshold_kwargs(a), n_batches=a.grad_batches, batch_size=a.grad_batch_size, seed=a.seed,
+               grad_draw=a.grad_draw, grad_loss=a.grad_loss, exclude_embeddings=not a.distance_all_weights,
+               grad_variance=not a.no_grad_variance, force=a.force, figures=not a.no_figures)
 
 
 COMMANDS = {"analyze": analyze, "fetch-published": fetch_published, "import-published": import_published, "robustness": robustness, "priors": priors}

@@ -107,5 +107,8 @@ def test_the_grid_runs_through_sweep_and_analyze_on_the_tiny_model(tmp_path, tin
             recs = records.read_records(path)
             assert len(recs) == {"train": 8, "test": 12}[split] and all(len(s) == 2 for s in recs["samples"])
     summary = json.loads((tmp_path / "runs" / "analysis" / "summary.json").read_text())
-    assert summary["n_points"] == 1 + 4 and summary["threshold_loglog"] == -2.3
+    # Figure 4's points: the full run's one checkpoint, the 4-epoch quarter run's at epochs 1, 3 and 4 (the
+    # checkpoints nearest 1/3, 2/3 and all of its training, as the authors plot quarter runs)
+    assert summary["n_points"] == 1 + 3 and summary["threshold_loglog"] == -2.3
+    assert [p["epoch"] for p in summary["points"] if p["subset"] == "quarter"] == [1.0, 3.0, 4.0]
     assert (tmp_path / "runs" / "analysis" / "figures" / "fig1.png").exists()

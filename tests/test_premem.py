@@ -134,6 +134,61 @@ def test_step0_is_left_out_by_default_and_counts_when_asked(tmp_path):
         assert len(json.loads((out / "summary.json").read_text())["points"]) == want
 
 
+def test_figure4_points_half_and_quarter_runs_at_thirds_of_training(tmp_path):
+    """The authors plot their half and quarter runs at checkpoints [1, 3, 5] of 6 (gsm8k_analyze.ipynb,
+    math_analyze.ipynb): epochs 2, 4, 6 of the 6-epoch half run, 4, 8, 12 of the 12-epoch quarter run checkpointed
+    every 2 epochs. The kit keeps the checkpoints at 1/3, 2/3 and the end of training: the same ones there, and
+    epochs 4, 8, 12 of a quarter run checkpointed every epoch. Full runs keep every checkpoint; PreMemAcc's
+    running max still runs over every checkpoint."""
+    def run(name, subset, epochs, n_ckpt):
+        c = len(epochs)
+        acc = np.full((c, 4), 0.8)  # solved, unmemorized, only at the first checkpoint (then memorized)
+        ppl = np.full((c, 4), 3.0)
+        ppl[1:] = LOW  # memorized from the second checkpoint on
+        return write_synthetic_run(tmp_path / name, [10 * (k + 1) for k in range(c)], acc, ppl,
+                                   list(np.linspace(0.2, 0.7, c)), epochs=epochs,
+                                   config=dict(subset=subset, num_epochs=n_ckpt))
+
+    half = run("half", "half", [1, 2, 3, 4, 5, 6], 6)
+    quarter = run("quarter", "quarter", [2, 4, 6, 8, 10, 12], 12)
+    every = run("every", "quarter", list(range(1, 13)), 12)
+    full = run("full", "full", [1, 2, 3], 3)
+    s = analysis.analyze([half, quarter, every, full], tmp_path / "a", threshold_loglog=T, figures=False, **QUIET)
+    got = {r: [(p["step"], p["epoch"]) for p in s["points"] if p["run"] == r] for r in ("half", "quarter", "every", "full")}
+    assert got["half"] == [(20, 2.0), (40, 4.0), (60, 6.0)]  # checkpoints 1, 3, 5 of 6
+    assert got["quarter"] == [(20, 4.0), (40, 8.0), (60, 12.0)]
+    assert got["every"] == [(40, 4.0), (80, 8.0), (120, 12.0)]
+    assert got["full"] == [(10, 1.0), (20, 2.0), (30, 3.0)]
+    assert s["n_points"] == 12 and s["points_rule"].startswith("figure 4")
+    # the first checkpoint is not a point, but its unmemorized solve is in the running max: PreMemAcc 0.8
+    assert all(p["premem_acc"] == pytest.approx(0.8) for p in s["points"])
+    # --all-checkpoints: every checkpoint with a test record (the kit's earlier rule)
+    out = tmp_path / "all"
+    assert premem.main(["analyze", str(half), str(quarter), str(every), str(full), "--out", str(out), "--threshold",
+                        str(T), "--no-figures", "--all-checkpoints"]) == 0
+    assert json.loads((out / "summary.json").read_text())["n_points"] == 6 + 6 + 12 + 3
+
+
+def test_each_earlier_rule_has_its_option():
+    """The defaults follow the papers and the authors' code (docs/differences.md); each option keeps the kit's
+    earlier rule, parsed into the keyword the library takes."""
+    ap = premem.build_parser()
+    a = ap.parse_args(["analyze", "r", "--out", "o", "--all-checkpoints"])
+    assert a.all_checkpoints is True
+    a = ap.parse_args(["robustness", "r", "--out", "o"])
+    assert (a.bins, a.no_bin_for_one, a.calibrate) == ([0, 0.2, 0.4, 0.6, 0.8, 1], False, False)
+    a = ap.parse_args(["robustness", "r", "--out", "o", "--calibrate", "--bins", "0", "0.25", "0.5", "0.75", "1",
+                       "--no-bin-for-one"])
+    assert (a.bins, a.no_bin_for_one, premem.threshold_kwargs(a)["calibrate"]) == ([0, 0.25, 0.5, 0.75, 1], True, True)
+    a = ap.parse_args(["priors", "r", "--out", "o"])
+    assert (a.atc_fit_on, a.atc_score, a.grad_draw, a.grad_loss, a.distance_all_weights, a.calibrate) == \
+        ("train", "sequence", "first", "example", False, False)
+    a = ap.parse_args(["priors", "r", "--out", "o", "--atc-fit-on", "test", "--atc-score", "token-mean",
+                       "--grad-draw", "random", "--grad-loss", "token", "--distance-all-weights", "--calibrate"])
+    assert (a.atc_fit_on, a.atc_score, a.grad_draw, a.grad_loss, a.distance_all_weights, a.calibrate) == \
+        ("test", "token-mean", "random", "token", True, True)
+
+
 def planted_runs(root, t_star, n_runs=6, n_ex=1500, seed=0):
     """Runs whose test accuracy is exactly their mean PreMemAcc at loglog threshold t_star; run r has
     2 + r % 3 checkpoints, learning rate 10^-(4 + r % 3) and num_epochs = its number of checkpoints."""

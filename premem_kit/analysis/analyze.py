@@ -9,6 +9,11 @@ analyze() writes to its output folder:
 
 Threshold: given (loglog or perplexity), or calibrated on the runs matching `calibrate_on` (then the
 summary also gives R^2 on the other, held-out runs), or on all runs (calibration.py).
+
+Points: Figure 4's by default (every checkpoint of a full run; a half or quarter run at one third, two
+thirds and the end of its training, as the authors plot them: calibration.figure4_points); with
+all_checkpoints every checkpoint with a test record (the kit's earlier rule). PreMemAcc's running max is
+over every checkpoint either way.
 """
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ import pandas as pd
 
 from premem_kit.analysis.defaults import DEFAULT_FRAGILE_T
 from premem_kit.analysis.analysis_figures import make_figures
-from premem_kit.analysis.calibration import (best_threshold, default_grid, given_threshold, match_runs, points_table,
-                                             sweep_runs, sweep_table)
+from premem_kit.analysis.calibration import (best_threshold, default_grid, figure4_points, given_threshold, match_runs,
+                                             points_table, sweep_runs, sweep_table)
 from premem_kit.core.errors import warn
 from premem_kit.core.figures import fmt
 from premem_kit.core.files import atomic_write_json, atomic_write_parquet, atomic_write_text, json_safe
@@ -33,6 +38,7 @@ CONVENTION = (
     "PreMemAcc_m = min(max_{1<=m'<=m} acc_m' * 1[not memorized_m'], acc_m) over trained checkpoints; "
     "step 0 (the base model) counts as a checkpoint only with include_step0"
 )
+POINTS_RULE = "figure 4: half and quarter runs at 1/3, 2/3 and the end of training"
 TABLE_FILES = ["summary.json", "points.csv", "sweep.csv", "premem_examples.parquet", "premem_examples.csv"]
 
 
@@ -49,6 +55,7 @@ def analyze(
     include_step0: bool = False,
     figures: bool = True,
     fig3_run: str | None = None,
+    all_checkpoints: bool = False,
     progress: bool = True,
     verbose: bool = True,
 ) -> dict:
@@ -63,6 +70,9 @@ def analyze(
     check_options(threshold_loglog, threshold_ppl, calibrate_on, fragile_t)
     grid = default_grid() if grid is None else np.asarray(grid, dtype=np.float64)
     runs = load_runs(run_dirs, variant=variant, include_step0=include_step0, progress=progress)
+    check_one_task(runs)
+    if not all_checkpoints:
+        runs = figure4_points(runs)
     clock.append(time.perf_counter())
 
     calib_names = match_runs(runs, calibrate_on) if calibrate_on else {r.name for r in runs}
@@ -76,6 +86,7 @@ def analyze(
 
     summary = fit_summary(points, t, source, runs, calib_names if calibrate_on else None)
     summary.update(fragile_t=fragile_t, variant=variant, include_step0=include_step0,
+                   points_rule="all checkpoints" if all_checkpoints else POINTS_RULE,
                    sweep_grid=dict(min=float(grid[0]), max=float(grid[-1]), points=int(grid.size)),
                    convention=CONVENTION, runs=[run_entry(r, r.name in calib_names) for r in runs],
                    points=points.to_dict(orient="records"), sweep=sweep.to_dict(orient="records"))
@@ -91,6 +102,20 @@ def analyze(
     if verbose:
         print_summary(summary, out)
     return summary
+
+
+def check_one_task(runs: list[RunData]) -> None:
+    """One threshold and one fit are for one task (the paper: GSM8K -2.3, MATH -1.7); runs of several
+    tasks together are refused, naming them."""
+    by_task: dict[str, list[str]] = {}
+    for r in runs:
+        if r.setting("task") is not None:  # a run folder without config.yaml says nothing (warned about)
+            by_task.setdefault(str(r.setting("task")), []).append(r.name)
+    if len(by_task) > 1:
+        listed = "; ".join(f"{t}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                           for t, names in sorted(by_task.items()))
+        raise AnalysisError(f"the runs are of {len(by_task)} tasks ({listed}): a memorization threshold and an R² "
+                            f"are fitted per task; analyze each task's runs separately")
 
 
 def check_options(threshold_loglog, threshold_ppl, calibrate_on, fragile_t) -> None:
