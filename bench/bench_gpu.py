@@ -15,7 +15,7 @@ timed through the kit (every call into premem_kit is in bench/kit_api.py):
      perplexity (examples/s);
   2. the adapter removed, prepared as train.py does, QLoRA optimizer steps through the kit's Trainer, each
      run with its task recipe's micro batch (--qlora-runs; default GSM8K at 256 tokens and MATH at its
-     max_length 2048, with gradient checkpointing, then GSM8K at 256 without): seconds per step, update
+     max_length 1024, with gradient checkpointing, then GSM8K at 256 without): seconds per step, update
      alone, peak memory;
   3. bf16 weights loaded straight onto the GPU: sampling and perplexity again, then full finetuning (lora_r
      0, bitsandbytes' paged 8-bit AdamW, gradient checkpointing): step time, peak memory, the paged optimizer

@@ -19,7 +19,7 @@ With --measured JSON (written by bench/bench_gpu.py on a GPU), per model in it (
 training = examples x epochs / the QLoRA examples/s measured with gradient checkpointing with the task's
 recipe (configs/recipes/<model>_<task>.yaml: its micro batch, optimizer, learning rate), at 256 tokens for
 GSM8K (a micro batch of GSM8K examples is padded to its longest, ~230 tokens) and at the MATH recipes'
-max_length, 2,048 tokens at micro batch 4, for MATH (every micro batch padded to max_length: an upper bound,
+max_length, 1,024 tokens at micro batch 4, for MATH (every micro batch padded to max_length: an upper bound,
 since a MATH micro batch is padded only to its longest example); evaluation per checkpoint = generated tokens / the 4-bit + LoRA
 sampling tokens/s at the largest batch measured, plus prompt-and-target tokens / the 4-bit perplexity
 tokens/s. Figures for the GPU it ran on are marked m (measured there); other GPUs are scaled from it
@@ -62,7 +62,7 @@ TASKS = {  # train examples, test examples, tokens per train example, generated 
 }
 RUNS = [(1, "full"), (3, "full"), (6, "full"), (6, "half"), (12, "quarter")]
 FRAC = {"full": 1.0, "half": 0.5, "quarter": 0.25}
-TRAIN_SEQ = {"gsm8k": 256, "math": 2048}  # padded micro-batch length whose measured step time is used
+TRAIN_SEQ = {"gsm8k": 256, "math": 1024}  # padded micro-batch length whose measured step time is used
 BENCH_MODELS = {"llama3_8b": "llama3-8b", "gemma2_9b": "gemma2-9b"}  # bench_gpu name -> grids' model_name
 PARAMS_B = {"llama3-8b": 8.03, "gemma2-9b": 9.24}
 
