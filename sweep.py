@@ -56,16 +56,6 @@ def parse_gpus(text: str) -> list[str]:
     return ids
 
 
-def count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return v
-
-
 SLURM_OPTIONS = ("partition", "account", "gpus_per_cell", "cpus_per_cell", "mem_gb", "time_min", "sbatch_flags")
 
 
@@ -99,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = r.add_argument_group("SLURM (--executor slurm; defaults from the grid file's slurm: section; docs/slurm.md)")
     s.add_argument("--partition", help="partition (queue); default: the cluster's default partition")
     s.add_argument("--account", help="account charged for the jobs")
-    s.add_argument("--gpus-per-cell", type=count, metavar="N", help="GPUs per cell job (default 0)")
+    s.add_argument("--gpus-per-cell", type=cli.nonnegative_int, metavar="N", help="GPUs per cell job (default 0)")
     s.add_argument("--cpus-per-cell", type=cli.positive_int, metavar="N", help="CPUs per cell job (default 1)")
     s.add_argument("--mem-gb", type=cli.positive_float, metavar="GB", help="memory per cell job (default: cluster's)")
     s.add_argument("--time-min", type=cli.positive_int, metavar="MIN", help="time limit per cell job (default 60)")

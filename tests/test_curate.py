@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
 import curate
 from conftest import DEMO_DATA, tiny_cfg, write_synthetic_run

@@ -16,7 +16,7 @@ from premem_kit.core import records
 from premem_kit.core import runs
 from premem_kit.training import trainer as training
 from premem_kit.core.errors import KitError
-from premem_kit.evaluation.evaluation import EvalError, EvalOptions, evaluate_run
+from premem_kit.evaluation.evaluation import EvalOptions, evaluate_run
 from premem_kit.core.config import DataSettings
 
 
