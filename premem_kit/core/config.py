@@ -135,6 +135,9 @@ class EvalSettings:
     """evaluate.py's settings: from the run's config.yaml, each overridable on evaluate.py's command line."""
 
     eval_samples: int = setting(5, "samples per prompt", low=1)
+    eval_test_samples: int | None = setting(None, "samples per test prompt (None: eval_samples); test accuracy "
+                                                  "needs fewer per question than PreMemAcc's train accuracy",
+                                            low=1)
     eval_temperature: float = setting(0.8, "sampling temperature (0: greedy, every sample the greedy answer)", low=0)
     eval_top_p: float | None = setting(None, "nucleus sampling p (None: the authors' per task, 0.95 GSM8K, "
                                              "1.0 MATH)", low=0, low_open=True, high=1,
@@ -142,7 +145,12 @@ class EvalSettings:
     eval_max_new_tokens: int | None = setting(
         None, "longest generation (None: the authors' per task, 512 GSM8K, 1024 MATH)", low=1,
         by_task={"gsm8k": 512, "math": 1024})
-    eval_batch_size: int = setting(32, "prompts per generate call (halves itself on CUDA OOM)", low=1)
+    eval_batch_size: int | None = setting(
+        None, "prompts decoded together, each with its eval_samples (None: fill the device, 128 sequences on "
+              "CPU, 256 on CUDA; halves itself on CUDA OOM)", low=1)
+    eval_sampler: str = setting("loop", "loop: the kit's KV-cache decode loop (continuous batching); generate: "
+                                        "Hugging Face's model.generate, the sampler before 2026-12 (slower, same "
+                                        "distribution)", choices=("loop", "generate"))
     eval_ppl_batch_size: int = setting(16, "examples per perplexity forward pass", low=1)
     eval_train_examples: int | None = setting(None, "evaluate a seeded fixed subsample of N train ids "
                                                     "(None: all)", low=1)
@@ -158,6 +166,10 @@ class EvalSettings:
 @dataclass
 class Config(EvalSettings, LiveSettings, TrainSettings, DataSettings, ModelSettings):
     """Every setting of a run. Build it with load_config / from_mapping / updated, which check values."""
+
+    def samples_for(self, split: str) -> int:
+        """Samples per prompt of a split: eval_test_samples for test when set, else eval_samples."""
+        return self.eval_test_samples if split == "test" and self.eval_test_samples else self.eval_samples
 
 
 PARTS = {"model": ModelSettings, "data": DataSettings, "training": TrainSettings, "live prediction": LiveSettings,
@@ -179,7 +191,7 @@ HINTS = {
                                    "as batch_size / (micro_batch_size x processes))",
     "optim": "optimizer (adamw | adam | paged_adamw_8bit; the Trainer's optim names are not accepted)",
     "bf16": "mixed_precision: bf16", "fp16": "mixed_precision: fp16",
-    "per_device_eval_batch_size": "eval_batch_size (prompts per generate call)",
+    "per_device_eval_batch_size": "eval_batch_size (prompts decoded together)",
     "load_in_4bit": "quantization: 4bit", "load_in_8bit": "quantization: 8bit",
     "lora_target": "lora_target_modules",
 }

@@ -184,7 +184,9 @@ def _sample_into(cache: rft.SampleCache, ck: Checkpoint, examples: list[dict], m
         bar.set_postfix(tok_s=f"{ntok[0] / max(time.time() - ts, 1e-9):.1f}")
         return outs
 
-    new = rft.fill_cache(cache, examples, opts.k, sample_fn, batch_size=opts.batch_size or ck.cfg.eval_batch_size,
+    per_call = opts.batch_size or inference.prompts_per_batch(ck.cfg.eval_batch_size, opts.samples_per_call or opts.k,
+                                                              next(model.parameters()).device)
+    new = rft.fill_cache(cache, examples, opts.k, sample_fn, batch_size=per_call,
                          samples_per_call=opts.samples_per_call, seed=opts.seed, progress=bar.update)
     bar.close()
     log.info("%s: %d samples, %d tokens in %.0f s", ck.name, new, ntok[0], time.time() - ts)

@@ -33,6 +33,7 @@ GRID_KEYS = {
     "notes": "anything a user should know (unverified cells, ...)",
     "base": "config file every cell starts from (relative to the repo root or to the grid file)",
     "model_name": "short model name used in run folder names (default: from the model key)",
+    "data_name": "short dataset name that starts run folder names (default: the task, gsm8k or math)",
     "runs_root": "folder the cell run folders go to (relative to the current folder)",
     "common": "config keys set in every cell",
     "cells": "list of cells: config keys each cell sets (plus optional 'name' and 'note')",
@@ -66,12 +67,13 @@ def model_short_name(model: str) -> str:
     return name.lower()
 
 
-def cell_name(cfg: Config, model_name: str, cell_keys=()) -> str:
-    """<task>_<model>_<E>ep_<size>_lr<LR>; the size gets the subset_fraction when the cell itself sets one."""
+def cell_name(cfg: Config, model_name: str, cell_keys=(), data_name: str | None = None) -> str:
+    """<data>_<model>_<E>ep_<size>_lr<LR>, <data> the task unless the grid names its data (data_name: arith);
+    the size gets the subset_fraction when the cell itself sets one."""
     size = cfg.subset
     if "subset_fraction" in cell_keys and cfg.subset_fraction is not None:
         size += "-" + str(cfg.subset_fraction).replace("/", "of")
-    task = cfg.task + ("-l" + "".join(map(str, cfg.math_levels)) if cfg.math_levels else "")
+    task = (data_name or cfg.task) + ("-l" + "".join(map(str, cfg.math_levels)) if cfg.math_levels else "")
     return f"{task}_{model_name}_{fmt_epochs(cfg.num_epochs)}ep_{size}_lr{fmt_lr(cfg.learning_rate)}"
 
 
@@ -181,7 +183,7 @@ def make_cell(g: dict, path: Path, base_cfg: Config, cell, where: str, root: Pat
     except config_mod.ConfigError as e:
         raise GridError(str(e) if str(e).startswith(str(path)) else f"{where}: {e}") from None
     if not has_name:
-        name = cell_name(cfg, g.get("model_name") or model_short_name(cfg.model), cell)
+        name = cell_name(cfg, g.get("model_name") or model_short_name(cfg.model), cell, g.get("data_name"))
     name = check_cell_name(name, where)
     cfg = config_mod.updated(cfg, where, run_dir=str(root / name))
     return {"name": name, "cfg": cfg, "run_dir": root / name, "sets": cell, "note": note}
@@ -253,7 +255,9 @@ def changed_keys(cell: dict, records_have: list[Path]) -> list[str]:
     out = [k for k in config_mod.FIELDS if k not in NON_TRAINING_KEYS and getattr(saved, k) != getattr(cfg, k)]
     for p in records_have:
         have = records.read_settings(p) or {}
-        out += [f"{k} (records)" for k in SAMPLER_KEYS if k in have and have[k] != getattr(cfg, k) and
+        split = p.name.split(".")[1]  # step-N.<split>.<variant>.parquet (runs.record_path)
+        want = {k: cfg.samples_for(split) if k == "eval_samples" else getattr(cfg, k) for k in SAMPLER_KEYS}
+        out += [f"{k} (records)" for k in SAMPLER_KEYS if k in have and have[k] != want[k] and
                 f"{k} (records)" not in out]
     return out
 

@@ -8,6 +8,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from premem_kit.models import decoding
 from premem_kit.tasks import data as data_mod
 
 STOP = data_mod.TARGET_END  # "\nDone."
@@ -17,9 +18,8 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def _left_pad(tok, prompts, device, max_length=None):
-    """The prompts' tokens (data.tokenize_prompt: cut from the left past max_length - 1), left-padded."""
-    ids = [data_mod.tokenize_prompt(tok, p, max_length)[0] for p in prompts]
+def _left_pad(tok, ids, device):
+    """Token id lists left-padded into input_ids and attention_mask."""
     n = max(len(x) for x in ids)
     input_ids = torch.tensor([[tok.pad_token_id] * (n - len(x)) + x for x in ids], dtype=torch.long, device=device)
     mask = torch.tensor([[0] * (n - len(x)) + [1] * len(x) for x in ids], dtype=torch.long, device=device)
@@ -30,72 +30,101 @@ def _is_oom(e: Exception) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def _batched(order, bs):
-    for i in range(0, len(order), bs):
-        yield order[i:i + bs]
+SEQUENCES_PER_BATCH = {"cpu": 128, "cuda": 256}  # sized by the decode-rate curve in bench/bench_inference.py
+
+
+def prompts_per_batch(batch_size: int | None, n: int, device) -> int:
+    """Prompts decoded together: batch_size if given, else as many as fill the device's sequence budget."""
+    if batch_size:
+        return batch_size
+    return max(1, SEQUENCES_PER_BATCH.get(torch.device(device).type, 128) // max(n, 1))
 
 
 @torch.no_grad()
-def sample(model, tok, prompts, n=5, temperature=0.8, top_p=0.95, max_new_tokens=512, batch_size=32,
-           seed=2, stop=STOP, greedy=False, desc="sampling", progress=True, top_k=0, max_length=None):
+def sample(model, tok, prompts, n=5, temperature=0.8, top_p=0.95, max_new_tokens=512, batch_size=None,
+           seed=2, stop=STOP, greedy=False, desc="sampling", progress=True, top_k=0, max_length=None,
+           sampler="loop"):
     """n completions per prompt (the text after the prompt, cut before `stop`).
 
     top_k 0 samples from the whole (top-p) distribution, the authors' vLLM sampler; top_k 50 is Hugging
     Face's generate default (Yuan et al.'s RFT sampler). temperature 0 is greedy decoding: one greedy
     completion per prompt, repeated n times (greedy=True returns it once).
 
-    Prompts are sorted by length (longest first, so an out-of-memory shows up on the first batch),
-    cut from the left past max_length - 1 tokens as in training (data.tokenize_prompt), left-padded, and
-    generated with the KV cache and several return sequences per prompt; on CUDA
-    out-of-memory the batch size halves and the batch is retried. Returns (completions, n_tokens)
-    where completions[i] is the list of n strings for prompts[i] and n_tokens the generated tokens.
+    Prompts are sorted by length (longest first, so an out-of-memory shows up on the first batch), cut
+    from the left past max_length - 1 tokens as in training (data.tokenize_prompt), left-padded, and
+    decoded batch_size prompts (x n samples) at a time; batch_size None fills the device
+    (SEQUENCES_PER_BATCH). sampler "loop" is the kit's decode loop (models/decoding.py), "generate"
+    Hugging Face's model.generate (the kit's sampler before 2026-12; slower, same distribution). On
+    CUDA out-of-memory the batch halves and is retried. Returns (completions, n_tokens): completions[i]
+    is the list of n strings for prompts[i], n_tokens the generated tokens.
     """
+    import time
+
     device = _device(model)
     was_training = model.training
     model.eval()
     torch.manual_seed(seed)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    out: list[list[str] | None] = [None] * len(prompts)
+    ids = [data_mod.tokenize_prompt(tok, p, max_length)[0] for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(ids[i]))
     deterministic = greedy or temperature == 0
     n_ret = 1 if deterministic else n
+    bs = prompts_per_batch(batch_size, n_ret, device)
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
+    while True:
+        try:
+            if sampler == "generate":
+                texts, ntok = _sample_generate(model, tok, [ids[j] for j in order], n_ret, bs, deterministic,
+                                               temperature, top_p, top_k, max_new_tokens, stop, bar)
+            else:
+                gen = torch.Generator(device=device).manual_seed(seed)
+                seqs = decoding.decode(model, tok, [ids[j] for j in order], n_ret, sequences=bs * n_ret,
+                                       max_new_tokens=max_new_tokens, temperature=0 if deterministic else temperature,
+                                       top_k=top_k, top_p=top_p, gen=gen, stop=stop, eos=_eos_ids(model, tok),
+                                       on_done=lambda _: bar.update(1))
+                texts = [tok.batch_decode(s, skip_special_tokens=True) for s in seqs]
+                ntok = sum(len(x) for s in seqs for x in s)
+            break
+        except Exception as e:
+            if _is_oom(e) and bs > 1:
+                torch.cuda.empty_cache()
+                bs = max(1, bs // 2)
+                bar.write(f"out of memory: batch size halved to {bs} prompts; starting again")
+                bar.reset()
+                continue
+            raise
+    bar.close()
+    out: list[list[str] | None] = [None] * len(prompts)
+    for k, j in enumerate(order):
+        out[j] = [cut(t, stop) for t in texts[k]] * (n if deterministic and not greedy else 1)
+    model.train(was_training)
+    return out, ntok
+
+
+def _eos_ids(model, tok) -> set[int]:
+    """The ids that end a sequence, as generate takes them (the generation config, else the tokenizer)."""
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    eos = tok.eos_token_id if eos is None else eos
+    return set(eos) if isinstance(eos, (list, tuple)) else ({eos} if eos is not None else set())
+
+
+def _sample_generate(model, tok, ids, n_ret, bs, deterministic, temperature, top_p, top_k, max_new_tokens, stop,
+                     bar):
+    """The earlier sampler: model.generate on bs prompts at a time. Returns (texts per prompt, tokens)."""
     gen_kw = dict(max_new_tokens=max_new_tokens, num_return_sequences=n_ret, pad_token_id=tok.pad_token_id,
                   stop_strings=[stop] if stop else None, tokenizer=tok if stop else None, use_cache=True)
     if deterministic:
         gen_kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
     else:
         gen_kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
-    total_tokens = 0
-    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress, dynamic_ncols=True)
-    i = 0
-    bs = batch_size
-    import time
-    t0 = time.time()
-    while i < len(order):
-        idx = order[i:i + bs]
-        try:
-            enc = _left_pad(tok, [prompts[j] for j in idx], device, max_length)
-            gen = model.generate(**enc, **gen_kw)
-        except Exception as e:
-            if _is_oom(e) and bs > 1:
-                torch.cuda.empty_cache()
-                bs = max(1, bs // 2)
-                bar.write(f"out of memory: batch size halved to {bs}")
-                continue
-            raise
-        new = gen[:, enc["input_ids"].shape[1]:]
-        total_tokens += int((new != tok.pad_token_id).sum())
-        texts = tok.batch_decode(new, skip_special_tokens=True)
-        for k, j in enumerate(idx):
-            out[j] = [cut(t, stop) for t in texts[k * n_ret:(k + 1) * n_ret]]
-            if deterministic and not greedy:
-                out[j] = out[j] * n
-        i += len(idx)
-        bar.update(len(idx))
-        dt = max(time.time() - t0, 1e-9)
-        bar.set_postfix(tok_s=f"{total_tokens / dt:.1f}", bs=bs)
-    bar.close()
-    model.train(was_training)
-    return out, total_tokens
+    texts, ntok = [], 0
+    for i in range(0, len(ids), bs):
+        enc = _left_pad(tok, ids[i:i + bs], _device(model))
+        new = model.generate(**enc, **gen_kw)[:, enc["input_ids"].shape[1]:]
+        flat = tok.batch_decode(new, skip_special_tokens=True)
+        texts += [flat[k:k + n_ret] for k in range(0, len(flat), n_ret)]
+        ntok += int((new != tok.pad_token_id).sum())
+        bar.update(len(enc["input_ids"]))
+    return texts, ntok
 
 
 def cut(text: str, stop: str = STOP) -> str:
@@ -169,12 +198,12 @@ def ppl_from_nll(x: float) -> float:
     return math.exp(x) if x < 709 else math.inf
 
 
-def greedy_with_likelihood(model, tok, prompts, max_new_tokens=512, batch_size=32, progress=True, **kw):
+def greedy_with_likelihood(model, tok, prompts, max_new_tokens=512, batch_size=None, progress=True, **kw):
     """Greedy completion per prompt and its likelihood: exp(mean log-prob of the generated tokens up to
     and including the stop string), scored teacher-forced on the decoded text (the ATC score)."""
     outs, _ = sample(model, tok, prompts, n=1, greedy=True, max_new_tokens=max_new_tokens,
                      batch_size=batch_size, progress=progress, desc="greedy", **kw)
     texts = [o[0] for o in outs]
-    nll, ntok = target_nll(model, tok, prompts, [t + STOP for t in texts], batch_size=batch_size,
+    nll, ntok = target_nll(model, tok, prompts, [t + STOP for t in texts], batch_size=batch_size or 16,
                            progress=progress, desc="greedy score", max_length=kw.get("max_length"))
     return texts, [math.exp(-x) if x == x else math.nan for x in nll], ntok

@@ -84,6 +84,8 @@ def load_tokenizer(spec: str, tokenizer_spec: str | None = None):
     from transformers import AutoTokenizer
 
     src, gguf = resolve_source(tokenizer_spec or spec)
+    if gguf and (copy_path(src, gguf) / "tokenizer_config.json").exists():
+        src, gguf = str(copy_path(src, gguf)), None  # the same tokenizer, saved by dequantized_copy
     kw, offline = _hub_kwargs(src)
     if gguf:
         kw["gguf_file"] = gguf
@@ -132,19 +134,28 @@ def cache_dir() -> Path:
     return Path(os.environ.get("PREMEM_KIT_CACHE") or Path.home() / ".cache" / "premem_kit").expanduser()
 
 
+def copy_path(folder: str, gguf: str) -> Path:
+    """Where the dequantized copy of a GGUF file lives (keyed by the file's path, size and time)."""
+    import hashlib
+
+    f = Path(folder) / gguf
+    st = f.stat()
+    key = hashlib.sha256(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "dequantized" / f"{f.stem}-{key}"
+
+
 def dequantized_copy(folder: str, gguf: str) -> str:
     """A model folder (fp32 safetensors, config, tokenizer) with a GGUF file's weights dequantized: made
-    once per machine and GGUF file, then reused. Written to a temporary folder and renamed into place, so
-    an interrupted copy is never taken for a whole one."""
-    import hashlib
+    once per machine and GGUF file, then reused by every load (reading safetensors takes a second or two;
+    converting the GGUF file 18-35 s per script start), and by bitsandbytes, which quantizes only ordinary
+    weights. Written to a temporary folder and renamed into place, so an interrupted copy is never taken
+    for a whole one."""
     import shutil
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     f = Path(folder) / gguf
-    st = f.stat()
-    key = hashlib.sha256(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    out = cache_dir() / "dequantized" / f"{f.stem}-{key}"
+    out = copy_path(folder, gguf)
     if (out / "config.json").exists():
         return str(out)
     log.info("dequantizing %s once into %s (bitsandbytes quantizes ordinary weights)", f, out)
@@ -167,12 +178,8 @@ def load_base_model(cfg: ModelSettings, for_training: bool = False):
 
     src, gguf = resolve_source(cfg.model)
     quant = resolve_quantization(cfg.quantization)
-    if gguf and quant != "none":  # transformers will not quantize a GGUF file: quantize its dequantized copy
-        src, gguf = dequantized_copy(src, gguf), None
     prec = precision_of(cfg)
     kw = {"dtype": prec.torch_dtype()}
-    if gguf:
-        kw["gguf_file"] = gguf
     if cfg.attn_implementation:
         kw["attn_implementation"] = cfg.attn_implementation
     if quant == "4bit":
@@ -182,20 +189,19 @@ def load_base_model(cfg: ModelSettings, for_training: bool = False):
     elif quant == "8bit":
         kw["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
     # Straight onto this process's GPU (accelerate has set it): an 8-9B model is never built in host
-    # memory first. GGUF files are dequantized on the host and moved after loading.
-    if torch.cuda.is_available() and not (gguf and quant == "none"):
+    # memory first.
+    if torch.cuda.is_available():
         kw["device_map"] = {"": torch.cuda.current_device()}
-    hub_kw, offline = _hub_kwargs(src)
+    offline = None
     try:
+        if gguf:  # the per-machine dequantized copy (made once), not the GGUF file at every start
+            src = dequantized_copy(src, gguf)
+        hub_kw, offline = _hub_kwargs(src)
         model = AutoModelForCausalLM.from_pretrained(src, **kw, **hub_kw)
     except (OSError, ValueError) as e:
         if Path(src).exists():
             raise unreadable(cfg.model, "model", e) from None
         raise _offline_hint(cfg.model, e, offline) from None
-    if gguf:
-        untag_gguf(model)
-    if gguf and quant == "none" and torch.cuda.is_available():
-        model.to("cuda")
     if for_training and quant != "none":
         from peft import prepare_model_for_kbit_training
 

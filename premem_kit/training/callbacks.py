@@ -40,7 +40,7 @@ log = logging.getLogger("live_premem")
 class LivePreMemCallback(TrainerCallback):
     def __init__(self, examples: list[dict], tokenizer, task: str, *, threshold_loglog: float | None = None,
                  samples: int = 4, temperature: float = 0.8, top_p: float = 0.95, max_new_tokens: int = 256,
-                 batch_size: int = 32, ppl_batch_size: int = 16, max_length: int | None = None,
+                 batch_size: int | None = None, ppl_batch_size: int = 16, max_length: int | None = None,
                  seed: int = 2, history_path=None, prompt_format="plain"):
         if tokenizer.pad_token is None:  # batched sampling needs one; found now, not after an epoch
             if tokenizer.eos_token is None:
