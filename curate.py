@@ -97,6 +97,17 @@ def collect_options(a):
     return CollectOptions(**{k: getattr(a, k) for k in names})
 
 
+def strategy_mismatch(a) -> str | None:
+    """Options of one selection strategy given with another would be ignored: say so instead."""
+    premem = [o for o, v in (("--t", a.t), ("--mem-threshold", a.mem_threshold),
+                             ("--threshold-from", a.threshold_from)) if v is not None]
+    if premem and a.strategy != "premem":
+        return f"{premem[0]} applies to --strategy premem only (this is --strategy {a.strategy})"
+    if a.fraction is not None and a.strategy not in ("ifd", "heuristic"):
+        return f"--fraction applies to --strategy ifd or heuristic only (this is --strategy {a.strategy})"
+    return None
+
+
 def loop_options(a):
     from premem_kit.curation.algorithm1 import LoopOptions
 
@@ -217,7 +228,7 @@ def add_scaling_parser(sub):
 
 
 def _add_selection_opts(p):
-    p.add_argument("--t", type=cli.unit_float, default=DEFAULT_T, help="premem: PreMemAcc cut (default %(default)s)")
+    p.add_argument("--t", type=cli.unit_float, help=f"premem: PreMemAcc cut (default {DEFAULT_T})")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--mem-threshold", type=cli.finite_float, metavar="LOGLOG", help=MEM_THRESHOLD_HELP)
     g.add_argument("--threshold-from", metavar="SUMMARY_JSON",
@@ -330,6 +341,12 @@ def main(argv=None) -> int:
             a.overrides, extra = [*a.overrides, *extra], []
     if extra:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    if a.cmd in ("select", "algo1"):
+        misplaced = strategy_mismatch(a)
+        if misplaced:
+            ap.error(misplaced)
+    if getattr(a, "t", None) is None and hasattr(a, "t"):
+        a.t = DEFAULT_T
     cli.setup()
     return cli.run(f"curate.py {a.cmd}", SUBCOMMANDS[a.cmd][1], a)
 

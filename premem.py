@@ -138,11 +138,12 @@ def add_analyze(sub) -> None:
     an = sub.add_parser("analyze", help="PreMemAcc per run/checkpoint, threshold calibration, tables and figures",
                         formatter_class=argparse.RawDescriptionHelpFormatter, description=ANALYZE_DOC)
     an.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders (globs fine)")
-    an.add_argument("--out", required=True, type=Path, help="output folder")
+    an.add_argument("--out", required=True, type=cli.out_folder, help="output folder")
     g = an.add_mutually_exclusive_group()
-    g.add_argument("--threshold", type=float, metavar="LOGLOG",
+    g.add_argument("--threshold", type=cli.finite_float, metavar="LOGLOG",
                    help="memorization threshold on log(log(perplexity)) (e.g. -2.5 = perplexity 1.0855)")
-    g.add_argument("--threshold-ppl", type=float, metavar="P", help="memorization threshold on perplexity (> 1)")
+    g.add_argument("--threshold-ppl", type=cli.perplexity_threshold, metavar="P",
+                   help="memorization threshold on perplexity (> 1)")
     g.add_argument("--calibrate-on", nargs="+", metavar="RUN",
                    help="calibrate on these runs (names, paths or globs); report held-out R^2 on the others")
     an.add_argument("--fragile-t", type=float, default=DEFAULT_FRAGILE_T,
@@ -160,6 +161,8 @@ def add_analyze(sub) -> None:
                          "4's, every checkpoint of a full run and a half or quarter run's at 1/3, 2/3 and the end "
                          "of its training, as the authors plot them")
     an.add_argument("--fig3-run", help="run shown in fig3 (default: the first run with the most checkpoints)")
+    an.add_argument("--bootstrap", type=cli.nonnegative_int, default=1000, metavar="N",
+                    help="resamples of the questions for R^2's 95%% intervals (default %(default)s; 0: none)")
     an.add_argument("--no-figures", action="store_true", help="skip the figures")
 
 
@@ -176,7 +179,7 @@ def add_import_published(sub) -> None:
     ip.add_argument("--model", default=None, help=f"model name for config.yaml (default {DEFAULT_MODEL})")
     ip.add_argument("--force", action="store_true", help="rewrite existing files")
     ns = ip.add_mutually_exclusive_group()
-    ns.add_argument("--samples", type=int, default=5, metavar="N",
+    ns.add_argument("--samples", type=cli.positive_int, default=5, metavar="N",
                     help="read the answer files with N samples per example (default %(default)s, the files the "
                          "authors analyse); a checkpoint without one falls back to the most samples, with a warning")
     ns.add_argument("--most-samples", action="store_true",
@@ -221,10 +224,11 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calibrate", action="store_true",
                    help="calibrate the threshold on the runs given, as premem.py analyze (the kit's earlier default; "
                         "default: the task's, GSM8K -2.3, MATH -1.7)")
-    g.add_argument("--threshold", "--threshold-loglog", dest="threshold", type=float, metavar="LOGLOG",
+    g.add_argument("--threshold", "--threshold-loglog", dest="threshold", type=cli.finite_float, metavar="LOGLOG",
                    help="memorization threshold on log(log(perplexity)) (as premem.py analyze --threshold)")
-    g.add_argument("--threshold-ppl", type=float, metavar="P", help="memorization threshold on perplexity")
-    g.add_argument("--threshold-from", type=Path, metavar="SUMMARY_JSON",
+    g.add_argument("--threshold-ppl", type=cli.perplexity_threshold, metavar="P",
+                   help="memorization threshold on perplexity (> 1)")
+    g.add_argument("--threshold-from", type=cli.existing_file, metavar="SUMMARY_JSON",
                    help="take threshold_loglog from a summary.json written by premem.py analyze")
 
 
@@ -232,7 +236,7 @@ def add_robustness(sub) -> None:
     p = sub.add_parser("robustness", help="PreMemAcc bins vs accuracy under perturbed prompts (Figures 6-7)",
                        description=ROBUSTNESS_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", metavar="RUN", help="run folder with train records of every prompt variant")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=True, type=cli.out_folder, help="output folder")
     p.add_argument("--step", type=int, help="checkpoint step (default: the last with every variant)")
     add_threshold_args(p)
     p.add_argument("--bins", type=float, nargs="+", default=list(DEFAULT_BINS), metavar="EDGE",
@@ -241,7 +245,8 @@ def add_robustness(sub) -> None:
     p.add_argument("--no-bin-for-one", action="store_true",
                    help="no bin of its own for PreMemAcc = 1: the last bin is closed [edge, 1] (default: a bin for 1, "
                         "as the authors)")
-    p.add_argument("--examples", type=int, default=DEFAULT_FIG6_EXAMPLES, help="examples in fig6 (default %(default)s)")
+    p.add_argument("--examples", type=cli.nonnegative_int, default=DEFAULT_FIG6_EXAMPLES,
+                   help="examples in fig6 (default %(default)s)")
     p.add_argument("--no-figures", action="store_true")
 
 
@@ -249,7 +254,7 @@ def add_priors(sub) -> None:
     p = sub.add_parser("priors", help="gradient variance, distance from init, ATC vs the generalization gap (Figure 5)",
                        description=PRIORS_DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", metavar="RUN", help="run folders (globs fine)")
-    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.add_argument("--out", required=True, type=cli.out_folder, help="output folder")
     p.add_argument("--atc-reference", metavar="RUN",
                    help="run whose last checkpoint fits the ATC threshold (default: the run trained 3 epochs on the full "
                         "set at lr 2e-5, x10 for LoRA, the authors' reference; else the first)")
@@ -289,7 +294,8 @@ def analyze(a) -> None:
     run_analyze(a.run_dirs, a.out, threshold_loglog=a.threshold, threshold_ppl=a.threshold_ppl,
                 calibrate_on=a.calibrate_on, grid=default_grid(a.sweep_min, a.sweep_max, a.sweep_points),
                 fragile_t=a.fragile_t, variant=a.variant, include_step0=a.include_step0,
-                figures=not a.no_figures, fig3_run=a.fig3_run, all_checkpoints=a.all_checkpoints)
+                figures=not a.no_figures, fig3_run=a.fig3_run, all_checkpoints=a.all_checkpoints,
+                bootstrap=a.bootstrap)
 
 
 def fetch_published(a) -> None:
@@ -309,6 +315,10 @@ def import_published(a) -> None:
 
 
 def threshold_kwargs(a) -> dict:
+    if a.threshold_from is not None:  # a file that is not an analyze summary: refused before any work
+        from premem_kit.analysis.calibration import threshold_from_summary
+
+        threshold_from_summary(a.threshold_from)
     return dict(threshold_loglog=a.threshold, threshold_ppl=a.threshold_ppl, threshold_from=a.threshold_from,
                 calibrate=a.calibrate)
 

@@ -1,43 +1,100 @@
-"""Benchmark: batched sampling and batched perplexity against naive per-prompt loops, in one run.
+"""Benchmark: the kit's evaluation against the way it sampled before and against a plain decode loop, in one run.
 
-    python bench/bench_inference.py [--model pypi:smollm2-135m-instruct] [--prompts 16] [--samples 4]
-                                    [--max-new-tokens 64] [--dtype fp32|bf16]
+    python bench/bench_inference.py [--model pypi:smollm2-135m-instruct] [--run RUN] [--config configs/arith_demo.yaml]
+                                    [--train-examples 12] [--test-examples 16] [--skip-before] [--crossover]
 
-Prints tokens/s and examples/s for both ways and their ratios (targets on a 2-core CPU: >= 4x each),
-and on a GPU the model's bytes x decode steps/s as a fraction of the GPU's memory bandwidth. On CPU it
-also prints the ceiling: a measured torch matmul rate (GFLOP/s) against the FLOP rate sampling reaches
-(2 x parameters per generated token), and --crossover prints the perplexity time per example by batch
-size for short and long examples, with the padding each batch size adds.
+Prints, measured in this one run on this machine:
+1. decode tokens/s of a plain KV-cache loop (twenty lines of torch: batch B, greedy, no stop) by batch size
+   1, 8, 32, 64, 128, and on CPU the FLOP rate that is against torch's measured matmul rate;
+2. one checkpoint's evaluation with the demo's settings (sampled train and test questions, train target
+   perplexity), before: the GGUF file converted at load, model.generate with eval_batch_size 4 prompts,
+   LoRA unmerged (the kit until 2026-12); after: the kit now (cached dequantized copy, the decode loop
+   filling 128 sequences, LoRA merged). Load, sampling and perplexity seconds, and the ratio;
+3. the kit's end-to-end tokens/s (generated tokens over the whole evaluation, model load and perplexity
+   included) as a fraction of the plain loop's at batch 64 and 128 (target >= 40%);
+4. perplexity batched against one forward per example (and with --crossover its time by batch size).
+The checkpoint is RUN's last (--run; e.g. runs/arith_demo after `make demo`), else the base model with a
+fresh LoRA adapter (it rambles to max_new_tokens, so more tokens than a trained model). On a GPU, step 1
+also prints the model's bytes x decode steps/s as a fraction of the GPU's memory bandwidth.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from premem_kit.core.config import DataSettings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: premem_kit
 
 GPU_BANDWIDTH = {"H100": 3.35e12, "H200": 4.8e12, "A100": 2.0e12, "L4": 0.3e12, "T4": 0.32e12}
+BATCHES = (1, 8, 32, 64, 128)
 
 
-def naive_sampling(model, tok, prompts, n, max_new_tokens, seed):
-    """One generate call per prompt (n return sequences each), no batching across prompts."""
+def plain_decode(model, prompt_ids: list[int], batch: int, new_tokens: int) -> float:
+    """Tokens/s of the simplest batched KV-cache decode loop: one prompt repeated `batch` times, greedy,
+    new_tokens steps, no stop condition (the rate the hardware gives this model at this batch)."""
     import torch
 
-    from premem_kit.models import loading as models
+    dev = next(model.parameters()).device
+    ids = torch.tensor([prompt_ids] * batch, device=dev)
+    with torch.no_grad():
+        t = time.perf_counter()
+        out = model(input_ids=ids, use_cache=True)
+        cache, nxt = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
+        for _ in range(new_tokens - 1):
+            out = model(input_ids=nxt, cache=cache, use_cache=True)
+            cache, nxt = out.cache, out.logits[:, -1].argmax(-1, keepdim=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return batch * new_tokens / (time.perf_counter() - t)
 
-    torch.manual_seed(seed)
-    dev = models.model_device(model)
-    toks = 0
-    for p in prompts:
-        enc = tok([p], return_tensors="pt").to(dev)
-        out = model.generate(**enc, do_sample=True, temperature=0.8, top_p=0.95, top_k=0, num_return_sequences=n,
-                             max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                             stop_strings=["\nDone."], tokenizer=tok)
-        toks += int((out[:, enc["input_ids"].shape[1]:] != tok.pad_token_id).sum())
-    return toks
+
+def evaluate_checkpoint(model, tok, train, test, how, test_samples: int) -> dict:
+    """One checkpoint's work in evaluate.py: sampled answers to the train and test questions, and the train
+    targets' perplexity (grading, a few ms, left out)."""
+    from premem_kit.models import inference
+    from premem_kit.tasks import data
+
+    t0 = time.perf_counter()
+    tokens = 0
+    for exs, n in ((train, how.samples), (test, test_samples)):
+        _, k = inference.sample(model, tok, [data.make_prompt(e["question"]) for e in exs], n=n,
+                                temperature=how.temperature, top_p=how.top_p, max_new_tokens=how.max_new_tokens,
+                                batch_size=how.batch_size, seed=how.seed, progress=False, max_length=how.max_length,
+                                sampler=how.sampler)
+        tokens += k
+    t1 = time.perf_counter()
+    inference.perplexities(model, tok, [e["prompt"] for e in train], [e["target"] for e in train],
+                           batch_size=how.ppl_batch_size, max_length=how.max_length, progress=False)
+    return {"sampling_s": t1 - t0, "perplexity_s": time.perf_counter() - t1, "tokens": tokens}
+
+
+def load_checkpoint_model(cfg, run, before: bool):
+    """(model, tokenizer, load seconds): the base model as the kit loaded it before (GGUF converted at
+    every start) or now (the cached copy), with RUN's last adapter (or a fresh one), merged only now."""
+    import torch
+    from peft import PeftModel, get_peft_model, LoraConfig
+    from transformers import AutoModelForCausalLM
+
+    from premem_kit.core import runs
+    from premem_kit.models import loading
+
+    t = time.perf_counter()
+    tok = loading.load_tokenizer(cfg.model)
+    folder, gguf = loading.resolve_source(cfg.model)
+    if before and gguf:
+        base = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+    else:
+        base = loading.load_base_model(cfg)
+    ckpts = runs.checkpoints(run) if run else []
+    if ckpts:
+        model = PeftModel.from_pretrained(base, str(ckpts[-1][2]))
+    else:
+        model = get_peft_model(base, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                                                target_modules=cfg.lora_target_modules, task_type="CAUSAL_LM"))
+    if not before:
+        model.merge_adapter()
+    return model.eval(), tok, time.perf_counter() - t
 
 
 def naive_perplexity(model, tok, prompts, targets):
@@ -111,70 +168,90 @@ def timed(fn):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="pypi:smollm2-135m-instruct")
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1] / "data" / "gsm8k_demo"))
-    ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--samples", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
+    root = Path(__file__).resolve().parents[1]
+    ap.add_argument("--config", default=str(root / "configs" / "arith_demo.yaml"), help="the settings evaluated")
+    ap.add_argument("--run", help="a trained run folder whose last checkpoint is evaluated (default: a fresh adapter)")
+    ap.add_argument("--train-examples", type=int, default=12, help="train questions (default: the demo's before 2026-12)")
+    ap.add_argument("--test-examples", type=int, default=16, help="test questions (default: the demo's before 2026-12)")
+    ap.add_argument("--before-batch-size", type=int, default=4, help="prompts per generate call before (the demo's)")
+    ap.add_argument("--skip-before", action="store_true", help="measure only the kit as it is now")
+    ap.add_argument("--decode-tokens", type=int, default=64, help="new tokens per plain decode loop")
     ap.add_argument("--ppl-examples", type=int, default=32)
     ap.add_argument("--ppl-batch-size", type=int, default=16)
-    ap.add_argument("--dtype", default="auto")
-    ap.add_argument("--quantization", default="none")
     ap.add_argument("--crossover", action="store_true", help="perplexity time by batch size and example length")
     a = ap.parse_args()
+    import dataclasses
+
     import torch  # after parsing: --help and bad arguments answer at once
 
-    from premem_kit.tasks import data
+    from premem_kit.core import config
+    from premem_kit.evaluation.evaluation import Sampling
     from premem_kit.models import inference
-    from premem_kit.models import loading as models
+    from premem_kit.tasks import data
 
-    cfg = {"model": a.model, "quantization": a.quantization, "dtype": a.dtype, "attn_implementation": None}
-    tok = models.load_tokenizer(a.model)
-    model = models.load_base_model(cfg).eval()
-    exs = data.load_split(DataSettings(data=a.data), "test")
-    prompts = [e["prompt"] for e in exs[: a.prompts]]
-    pe = exs[: a.ppl_examples]
-    device = str(models.model_device(model))
-    print(f"model {a.model} on {device}, dtype {next(model.parameters()).dtype}, threads {torch.get_num_threads()}")
+    cfg = config.load_config(a.config)
+    train = data.load_split(cfg, "train")[: a.train_examples]
+    test = data.load_split(cfg, "test")[: a.test_examples]
+    how = Sampling.of(cfg)
+    print(f"settings {a.config}: {len(train)} train + {len(test)} test questions x {how.samples} samples, "
+          f"max {how.max_new_tokens} new tokens; threads {torch.get_num_threads()}")
 
-    # warm-up (allocator, kernels)
-    inference.sample(model, tok, prompts[:2], n=2, max_new_tokens=8, progress=False)
-    naive_perplexity(model, tok, [pe[0]["prompt"]], [pe[0]["target"]])
+    rows = {}
+    if not a.skip_before:
+        model, tok, load_s = load_checkpoint_model(cfg, a.run, before=True)
+        r = evaluate_checkpoint(model, tok, train, test,
+                                dataclasses.replace(how, sampler="generate", batch_size=a.before_batch_size),
+                                cfg.samples_for("test"))
+        rows["before"] = dict(r, load_s=load_s)
+        del model
+    model, tok, load_s = load_checkpoint_model(cfg, a.run, before=False)
+    rows["after"] = dict(evaluate_checkpoint(model, tok, train, test, how, cfg.samples_for("test")), load_s=load_s)
 
-    (_, btoks), bt = timed(lambda: inference.sample(model, tok, prompts, n=a.samples, max_new_tokens=a.max_new_tokens,
-                                                    batch_size=a.batch_size, seed=2, progress=False))
-    ntoks, nt = timed(lambda: naive_sampling(model, tok, prompts, a.samples, a.max_new_tokens, 2))
-    b_rate, n_rate = btoks / bt, ntoks / nt
-    print(f"sampling   batched {b_rate:8.1f} tok/s ({btoks} tokens, {bt:.1f} s)   "
-          f"naive per-prompt {n_rate:8.1f} tok/s ({ntoks} tokens, {nt:.1f} s)   ratio {b_rate / n_rate:.2f}x")
-
-    P, T = [e["prompt"] for e in pe], [e["target"] for e in pe]
-    (bp, _), bpt = timed(lambda: inference.perplexities(model, tok, P, T, batch_size=a.ppl_batch_size, progress=False))
-    npp, npt = timed(lambda: naive_perplexity(model, tok, P, T))
-    err = max(abs(x - y) / y for x, y in zip(bp, npp))
-    print(f"perplexity batched {len(P) / bpt:8.2f} ex/s ({bpt:.1f} s)   naive per-example {len(P) / npt:8.2f} ex/s "
-          f"({npt:.1f} s)   ratio {npt / bpt:.2f}x   max rel. difference {err:.1e}")
-
+    prompt = data.tokenize_prompt(tok, data.make_prompt(test[0]["question"]), cfg.max_length)[0]
+    plain_decode(model, prompt, 2, 4)  # warm-up
+    rates = {b: plain_decode(model, prompt, b, a.decode_tokens) for b in BATCHES}
+    print("\nplain KV-cache decode loop, tokens/s by batch: "
+          + ", ".join(f"{b}: {rates[b]:.0f}" for b in BATCHES))
+    n_params = sum(p.numel() for p in model.parameters())
     if not torch.cuda.is_available():
-        n_params = sum(p.numel() for p in model.parameters())
         ceiling = matmul_gflops()
-        achieved = 2 * n_params * btoks / bt / 1e9
-        print(f"cpu ceiling: fp32 matmul {ceiling:.1f} GFLOP/s; batched sampling reaches {achieved:.1f} GFLOP/s "
-              f"(2 x {n_params / 1e6:.0f}M parameters x {b_rate:.1f} tok/s) = {achieved / ceiling:.0%} of it")
-        print(f"padding at perplexity batch {a.ppl_batch_size}: {padding_fraction(tok, pe, a.ppl_batch_size):.0%} "
-              f"more positions than the examples hold")
-        if a.crossover:
-            crossover(model, tok, exs[: max(a.ppl_examples, 32)])
-    if torch.cuda.is_available():
+        best = max(rates.values())
+        print(f"cpu ceiling: fp32 matmul {ceiling:.0f} GFLOP/s; the loop's best reaches {2 * n_params * best / 1e9:.0f} "
+              f"GFLOP/s = {2 * n_params * best / 1e9 / ceiling:.0%} of it")
+    else:
         name = torch.cuda.get_device_name()
         bw = next((v for k, v in GPU_BANDWIDTH.items() if k in name), None)
         nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        # decode steps/s: generated tokens / (sequences in flight) / time, i.e. forward passes per second
-        steps = btoks / (min(a.batch_size, len(prompts)) * a.samples) / bt
-        frac = f"{nbytes * steps / bw:.1%} of {bw / 1e12:.2f} TB/s" if bw else "unknown bandwidth"
-        print(f"gpu {name}: model {nbytes / 1e9:.2f} GB x {steps:.1f} decode steps/s = {frac}; "
-              f"peak memory {torch.cuda.max_memory_allocated() / 1e9:.2f} GB")
+        for b in BATCHES:
+            steps = rates[b] / b
+            print(f"  batch {b}: {nbytes / 1e9:.2f} GB x {steps:.1f} steps/s = "
+                  + (f"{nbytes * steps / bw:.1%} of {bw / 1e12:.2f} TB/s" if bw else "unknown bandwidth"))
+
+    print(f"\none checkpoint's evaluation ({'RUN ' + a.run if a.run else 'base model + fresh LoRA adapter'}):")
+    print(f"{'':8} {'load s':>7} {'sampling s':>10} {'perplexity s':>12} {'total s':>8} {'tokens':>7} {'tok/s e2e':>9}")
+    for k, r in rows.items():
+        r["total_s"] = r["load_s"] + r["sampling_s"] + r["perplexity_s"]
+        print(f"{k:8} {r['load_s']:7.1f} {r['sampling_s']:10.1f} {r['perplexity_s']:12.1f} {r['total_s']:8.1f} "
+              f"{r['tokens']:7d} {r['tokens'] / r['total_s']:9.1f}")
+    if "before" in rows:
+        b, n = rows["before"], rows["after"]
+        print(f"after / before: {b['total_s'] / n['total_s']:.1f}x faster per checkpoint with load "
+              f"({b['sampling_s'] + b['perplexity_s']:.0f} s -> {n['sampling_s'] + n['perplexity_s']:.0f} s "
+              f"without: {(b['sampling_s'] + b['perplexity_s']) / (n['sampling_s'] + n['perplexity_s']):.1f}x)")
+    e2e = rows["after"]["tokens"] / rows["after"]["total_s"]
+    ref = max(rates[64], rates[128])
+    print(f"kit end to end {e2e:.0f} tok/s = {e2e / ref:.0%} of the plain loop's best at batch 64/128 "
+          f"({ref:.0f} tok/s); target >= 40%")
+
+    exs = test[: a.ppl_examples]
+    P, T = [e["prompt"] for e in exs], [e["target"] for e in exs]
+    (bp, _), bpt = timed(lambda: inference.perplexities(model, tok, P, T, batch_size=a.ppl_batch_size, progress=False))
+    npp, npt = timed(lambda: naive_perplexity(model, tok, P, T))
+    err = max(abs(x - y) / y for x, y in zip(bp, npp))
+    print(f"\nperplexity batched {len(P) / bpt:8.2f} ex/s ({bpt:.1f} s)   naive per-example {len(P) / npt:8.2f} ex/s "
+          f"({npt:.1f} s)   ratio {npt / bpt:.2f}x   max rel. difference {err:.1e}")
+    if a.crossover and not torch.cuda.is_available():
+        crossover(model, tok, test[: max(a.ppl_examples, 32)])
 
 
 if __name__ == "__main__":

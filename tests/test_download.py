@@ -361,3 +361,21 @@ def test_the_parser_default_timeout_is_the_library_default():
 
     a = premem.build_parser().parse_args(["fetch-published", "out"])
     assert a.timeout == download.DEFAULT_TIMEOUT and a.samples == 5
+
+
+def test_a_name_that_does_not_resolve_fails_fast_and_a_hanging_lookup_is_bounded(tmp_path, manifest, monkeypatch):
+    """A name lookup is outside urllib's socket timeout. A name that cannot resolve (.invalid, a real
+    lookup) fails at once; a resolver that never answers (simulated: no such server can be reached from
+    here) fails at --timeout, not minutes later. Nothing is written either way."""
+    import socket
+    import time
+
+    out = tmp_path / "ckpts"
+    kw = dict(manifest_path=manifest, progress=False, tasks=("gsm8k",))
+    with pytest.raises(download.DownloadError, match="the host name does not resolve"):
+        download.fetch(out, base_url=f"http://bob:{SECRET}@nosuch.invalid/", **kw)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: time.sleep(30))
+    t = time.monotonic()
+    with pytest.raises(download.DownloadError, match=r"not resolved within 0.5 s \(--timeout\)") as e:
+        download.fetch(out, base_url=f"http://bob:{SECRET}@slow.example/", timeout=0.5, **kw)
+    assert time.monotonic() - t < 5 and SECRET not in str(e.value) and not out.exists()

@@ -183,9 +183,12 @@ def test_a_locked_run_is_refused_by_train_and_evaluate(sandbox, capsys):
 ANALYZE_CASES = [
     (["--threshold", "inf"], "finite"),
     (["--threshold", "nan"], "finite"),
-    (["--threshold-ppl", "-1"], "> 0"),
+    (["--threshold-ppl", "-1"], "expected a perplexity > 1"),
+    (["--threshold-ppl", "1"], "perplexity is never below 1"),  # crashed after writing, summary not reusable
     (["--fragile-t", "2"], "[0, 1]"),
     (["--sweep-points", "0"], "grid"),
+    (["--fig3-run", "nosuch"], "--fig3-run 'nosuch' is not among the analyzed runs"),  # failed after writing
+    (["--bootstrap", "-1"], "argument --bootstrap: expected a whole number >= 0"),
 ]
 
 
@@ -220,6 +223,70 @@ def test_fetch_published_bad_input_writes_nothing(tmp_path, capsys, args, phrase
     code, err = run_main(premem.main, ["fetch-published", str(out), *args], capsys)
     assert code == 2 and phrase in err and "pw-SECRET" not in err, err
     assert not out.exists()
+
+
+def test_analysis_outputs_and_inputs_of_the_wrong_kind_are_refused(tmp_path, capsys):
+    """--out naming a file, --threshold-from naming a folder or a binary file, --examples -1, and
+    import-published --samples 0: exit 2 naming the option, nothing written."""
+    import numpy as np
+
+    run = write_synthetic_run(tmp_path / "r", [10, 20], np.full((2, 3), 0.5), np.full((2, 3), 2.0), [0.4, 0.5])
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "binary.json").write_bytes(bytes(range(256)))
+    before = snapshot(tmp_path)
+    cases = [
+        (["analyze", str(run), "--out", str(tmp_path / "afile")], "argument --out: "),
+        (["robustness", str(run), "--out", str(tmp_path / "o"), "--threshold-from", str(tmp_path)],
+         "argument --threshold-from: "),
+        (["robustness", str(run), "--out", str(tmp_path / "o"), "--threshold-from", str(tmp_path / "binary.json")],
+         "not a text file"),
+        (["robustness", str(run), "--out", str(tmp_path / "o"), "--examples", "-1"],
+         "argument --examples: expected a whole number >= 0"),
+        (["import-published", str(tmp_path), str(tmp_path / "o"), "--samples", "0"],
+         "argument --samples: expected a whole number >= 1"),
+    ]
+    for argv, phrase in cases:
+        code, err = run_main(premem.main, argv, capsys)
+        assert code == 2 and phrase in err, (argv, err)
+        assert snapshot(tmp_path) == before, argv
+
+
+def test_analyze_warns_on_mixed_settings_and_holes(tmp_path, capsys):
+    """Runs whose records were made with different sampler settings, or with a checkpoint lacking its test
+    record, are analyzed with a warning that names them."""
+    import numpy as np
+
+    from premem_kit.core import records, runs
+
+    a = write_synthetic_run(tmp_path / "a", [10, 20], np.full((2, 3), 0.5), np.full((2, 3), 2.0), [0.4, 0.5])
+    b = write_synthetic_run(tmp_path / "b", [10, 20], np.full((2, 3), 0.6), np.full((2, 3), 2.0), [None, 0.6])
+    from conftest import record_rows
+
+    for run, samples in ((a, 4), (b, 2)):
+        for step in (10, 20):
+            rows = record_rows([f"gsm8k/train/{i}" for i in range(3)], step, "train", [0.5] * 3, [2.0] * 3)
+            records.write_records(runs.record_path(run, step, "train"), rows, {"eval_samples": samples})
+    code, err = run_main(premem.main, ["analyze", str(a), str(b), "--out", str(tmp_path / "o"), "--no-figures"],
+                         capsys)
+    assert code == 0
+    assert "train records were made with different settings" in err and "eval_samples=4" in err, err
+    assert "checkpoints without a test record" in err and "b (steps 10)" in err, err
+
+
+def test_a_record_column_of_the_wrong_type_is_named(tmp_path, capsys):
+    import numpy as np
+    import pandas as pd
+
+    from premem_kit.core import runs
+
+    run = write_synthetic_run(tmp_path / "r", [10, 20], np.full((2, 3), 0.5), np.full((2, 3), 2.0), [0.4, 0.5])
+    p = runs.record_path(run, 20, "train")
+    df = pd.read_parquet(p)
+    df["accuracy"] = ["high"] * len(df)  # text where numbers belong
+    df.to_parquet(p)
+    code, err = run_main(premem.main, ["analyze", str(run), "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "column accuracy holds large_string, expected numbers" in err and str(p) in err, err
+    assert not (tmp_path / "o").exists()
 
 
 def test_analyze_without_records_says_what_to_run(tmp_path, capsys):
@@ -377,6 +444,9 @@ CURATE_CASES = [  # (argv with {run}/{sel}/{bad}, phrase)
     ("select {run} --strategy premem --out {out} --t nan", "argument --t: expected a finite number"),
     ("select {run} --strategy premem --out {out} --t 2", "argument --t: expected a number in [0, 1]"),
     ("select {run} --strategy premem --out {out} --mem-threshold nan", "argument --mem-threshold: expected a finite"),
+    ("select {run} --strategy iid --out {out} --t 0.5", "--t applies to --strategy premem only"),  # was ignored
+    ("select {run} --strategy iid --out {out} --mem-threshold -2", "--mem-threshold applies to --strategy premem"),
+    ("select {run} --strategy premem --out {out} --fraction 0.5", "--fraction applies to --strategy ifd or"),
     ("algo1 {cfg} --out {out} --rounds -1 --n-new 4 --pool holdout", "argument --rounds: expected a whole number >= 1"),
     ("collect --selection {sel} --out {out} --n -3 --pool holdout", "argument --n: expected a whole number >= 1"),
     ("collect --selection {bad} --out {out} --n 3 --pool holdout", "not valid JSON"),

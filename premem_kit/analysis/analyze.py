@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 
 from premem_kit.analysis.defaults import DEFAULT_FRAGILE_T
-from premem_kit.analysis.analysis_figures import make_figures
+from premem_kit.analysis.analysis_figures import choose_fig3_run, make_figures
+from premem_kit.analysis.bootstrap import DEFAULT_RESAMPLES, question_bootstrap
 from premem_kit.analysis.calibration import (best_threshold, default_grid, figure4_points, given_threshold, match_runs,
                                              points_table, sweep_runs, sweep_table)
 from premem_kit.core.errors import warn
@@ -56,14 +57,16 @@ def analyze(
     figures: bool = True,
     fig3_run: str | None = None,
     all_checkpoints: bool = False,
+    bootstrap: int = DEFAULT_RESAMPLES,
     progress: bool = True,
     verbose: bool = True,
 ) -> dict:
     """Compute PreMemAcc for every run, choose/calibrate the threshold, write all outputs to `out`.
 
     Threshold: threshold_loglog or threshold_ppl if given; else calibrated on the runs matching
-    `calibrate_on` (names, paths or fnmatch patterns), else on all runs. Returns the summary dict
-    (also written to out/summary.json).
+    `calibrate_on` (names, paths or fnmatch patterns), else on all runs. bootstrap: resamples of the
+    questions for R^2's intervals (bootstrap.py; 0: none). Returns the summary dict (also written to
+    out/summary.json).
     """
     clock = [time.perf_counter()]
     out = Path(out)
@@ -71,6 +74,9 @@ def analyze(
     grid = default_grid() if grid is None else np.asarray(grid, dtype=np.float64)
     runs = load_runs(run_dirs, variant=variant, include_step0=include_step0, progress=progress)
     check_one_task(runs)
+    if figures and fig3_run is not None:
+        choose_fig3_run(runs, fig3_run)  # a name that is not among the runs: refused before anything is written
+    warn_mixed(runs)
     if not all_checkpoints:
         runs = figure4_points(runs)
     clock.append(time.perf_counter())
@@ -85,6 +91,7 @@ def analyze(
     clock.append(time.perf_counter())
 
     summary = fit_summary(points, t, source, runs, calib_names if calibrate_on else None)
+    summary["bootstrap"] = question_bootstrap(runs, t, calib_names if calibrate_on else None, bootstrap)
     summary.update(fragile_t=fragile_t, variant=variant, include_step0=include_step0,
                    points_rule="all checkpoints" if all_checkpoints else POINTS_RULE,
                    sweep_grid=dict(min=float(grid[0]), max=float(grid[-1]), points=int(grid.size)),
@@ -116,6 +123,31 @@ def check_one_task(runs: list[RunData]) -> None:
                            for t, names in sorted(by_task.items()))
         raise AnalysisError(f"the runs are of {len(by_task)} tasks ({listed}): a memorization threshold and an R² "
                             f"are fitted per task; analyze each task's runs separately")
+
+
+def warn_mixed(runs: list[RunData]) -> None:
+    """A warning when the runs were evaluated with different sampler settings or numbers of questions (their
+    points are then not measured alike), or when a run has checkpoints without a test record (holes)."""
+    from premem_kit.core import records, runs as runs_mod
+
+    seen: dict[tuple, list[str]] = {}
+    for r in runs:
+        for _, split, variant, p in runs_mod.list_records(r.path)[:2]:
+            s = records.read_settings(p) or {}
+            key = (split, tuple((k, s.get(k)) for k in ("eval_samples", "eval_temperature", "eval_top_p",
+                                                         "eval_max_new_tokens", "examples")))
+            if s:
+                seen.setdefault(key, []).append(r.name)
+    for split in ("train", "test"):
+        kinds = {k: v for k, v in seen.items() if k[0] == split}
+        if len(kinds) > 1:
+            desc = "; ".join(f"{', '.join(f'{a}={b}' for a, b in k[1])} ({', '.join(names[:2])})"
+                             for k, names in kinds.items())
+            warn(f"the runs' {split} records were made with different settings: {desc}")
+    holes = [f"{r.name} (steps {', '.join(str(s) for s in r.steps[np.isnan(r.test_acc)][:4])})"
+             for r in runs if np.isnan(r.test_acc).any()]
+    if holes:
+        warn(f"checkpoints without a test record are in PreMemAcc's running max but are not points: {'; '.join(holes)}")
 
 
 def check_options(threshold_loglog, threshold_ppl, calibrate_on, fragile_t) -> None:
@@ -273,6 +305,15 @@ def print_summary(s: dict, out: Path) -> None:
               " raw train accuracy's R^2 is the baseline it beats")
     if "r2_heldout" in s:
         print(f"calibration runs: R^2 = {fmt(s['r2_calibration'])}   held-out runs: R^2 = {fmt(s['r2_heldout'])}"
-              f"  Pearson r = {fmt(s['pearson_r_heldout'])}")
+              f"  Pearson r = {fmt(s['pearson_r_heldout'])}   train accuracy R^2 = {fmt(s['train_acc_r2_heldout'])}")
+    b = s.get("bootstrap") or {}
+    if b:
+        def ci(k):
+            return f"[{fmt(b[k][0])}, {fmt(b[k][1])}]" if k in b else "n/a"
+
+        print(f"{b['level']:.0%} bootstrap intervals ({b['resamples']} resamples of the questions): R^2 {ci('r2')}, "
+              f"train accuracy R^2 {ci('train_acc_r2')}"
+              + (f"; held-out R^2 {ci('r2_heldout')}, train accuracy {ci('train_acc_r2_heldout')}"
+                 if "r2_heldout" in s else ""))
     print(f"wrote {out}/summary.json, points.csv, sweep.csv, premem_examples.parquet/.csv"
           + (", figures/" if any(f.startswith("figures") for f in s["files"]) else ""))

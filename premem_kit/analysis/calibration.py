@@ -195,6 +195,9 @@ def threshold_from_summary(path) -> float:
         t = json.loads(p.read_text())["threshold_loglog"]
     except FileNotFoundError:
         raise AnalysisError(f"{p}: no such file (expected the summary.json of premem.py analyze)") from None
+    except (IsADirectoryError, UnicodeDecodeError) as e:
+        raise AnalysisError(f"{p}: not a text file ({type(e).__name__}); expected the summary.json of premem.py "
+                            f"analyze") from None
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise AnalysisError(f"{p}: expected a JSON object with key threshold_loglog ({e})") from None
     if not isinstance(t, (int, float)):

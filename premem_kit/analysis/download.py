@@ -81,6 +81,7 @@ class Remote:
             token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode("ascii")
             self.auth = f"Basic {token}"
         self.cleartext = at and self.scheme == "http" and not _loopback(parts.hostname)
+        self.hostname, self.port = parts.hostname, parts.port or (443 if self.scheme == "https" else 80)
 
     def _show(self, path: str) -> str:
         cred = "***@" if self.has_credentials else ""
@@ -381,6 +382,32 @@ def _transfer(remote: Remote, url: str, part: Path, size: int, bar, state: _Stat
         raise ConnectionError(f"connection closed after {written} of {size} bytes")
 
 
+def resolve(remote: Remote, timeout: float) -> None:
+    """Look the host up within `timeout` seconds: a name lookup is outside urllib's socket timeout, and a
+    resolver that never answers would otherwise hold the command for minutes. (The lookup's own result is
+    cached by the system; urllib repeats it.)"""
+    import socket
+    import threading
+
+    done: list = []
+
+    def look():
+        try:
+            socket.getaddrinfo(remote.hostname, remote.port, type=socket.SOCK_STREAM)
+            done.append(None)
+        except OSError as e:
+            done.append(e)
+
+    t = threading.Thread(target=look, daemon=True)
+    t.start()
+    t.join(timeout)
+    if not done:
+        raise DownloadError(f"{remote.shown_base}: the host name was not resolved within {timeout:g} s (--timeout); "
+                            f"check the network or the name")
+    if done[0] is not None:
+        raise DownloadError(f"{remote.shown_base}: the host name does not resolve ({remote.redact(str(done[0]))})")
+
+
 def fetch(out, *, tasks=("gsm8k", "math"), samples: int | None = 5, base_url: str | None = None,
           manifest_path=None, progress: bool = True, timeout: float = DEFAULT_TIMEOUT) -> dict:
     """Download the selected files into `out`; returns counts and bytes. `timeout`: seconds with nothing
@@ -395,6 +422,7 @@ def fetch(out, *, tasks=("gsm8k", "math"), samples: int | None = 5, base_url: st
     if not files:
         raise DownloadError(f"no file in {manifest_path} matches tasks {list(tasks)} and samples {samples}")
     remote = Remote(base_url or manifest["url"])
+    resolve(remote, timeout)
     if remote.cleartext:
         warn(f"{remote.shown_base}: the credentials go unencrypted over http://")
     total = sum(f["size"] for f in files)

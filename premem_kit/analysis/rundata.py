@@ -48,6 +48,8 @@ class RunData:
     ppl: np.ndarray  # [C, N] train target perplexity
     test_acc: np.ndarray  # [C] mean test accuracy, NaN where the checkpoint has no test record
     n_test: np.ndarray = field(default=None)  # [C] number of test examples (0 when none)
+    test_ids: np.ndarray = field(default=None)  # [M] test example ids (None: they differ across checkpoints)
+    test_matrix: np.ndarray = field(default=None)  # [C, M] per-question test accuracy, NaN rows without a record
 
     @property
     def ll(self) -> np.ndarray:
@@ -93,10 +95,11 @@ def load_run(run_dir, variant: str = "original", include_step0: bool = False, na
     per_ckpt = [read_train_record(train[s], s) for s in steps]
     ids, A, P = align_examples(run_dir, [c[0] for c in per_ckpt], [c[1] for c in per_ckpt],
                                [c[2] for c in per_ckpt])
-    test_acc, n_test = read_test_accuracy(test, steps)
+    test_acc, n_test, test_ids, test_matrix = read_test_accuracy(test, steps)
     return RunData(name=name or run_dir.name, path=run_dir, config=read_run_settings(run_dir),
                    steps=np.asarray(steps, dtype=np.int64), epochs=np.asarray([c[3] for c in per_ckpt]),
-                   ids=ids, acc=A, ppl=P, test_acc=test_acc, n_test=n_test)
+                   ids=ids, acc=A, ppl=P, test_acc=test_acc, n_test=n_test, test_ids=test_ids,
+                   test_matrix=test_matrix)
 
 
 def read_run_settings(run_dir: Path) -> dict:
@@ -116,8 +119,7 @@ def read_train_record(p: Path, step: int):
     fsteps = t.column("step").to_numpy()
     if (fsteps != step).any():
         raise AnalysisError(f"{p}: column step holds {sorted(set(fsteps.tolist()))[:3]}, file name says {step}")
-    acc = t.column("accuracy").to_numpy(zero_copy_only=False).astype(np.float64)
-    ppl = t.column("perplexity").to_numpy(zero_copy_only=False).astype(np.float64)
+    acc, ppl = numbers(t, "accuracy", p), numbers(t, "perplexity", p)
     if np.isnan(acc).any():
         raise AnalysisError(f"{p}: {int(np.isnan(acc).sum())} rows have NaN accuracy")
     if ((acc < 0) | (acc > 1)).any():
@@ -130,6 +132,17 @@ def read_train_record(p: Path, step: int):
         n = sum(bool(x) for x in t.column("target_cut").to_pylist())
         warn(f"{p}: {n} train targets were cut at max_length; their perplexity covers only part of the target")
     return ids, acc, ppl, float(t.column("epoch")[0].as_py())
+
+
+def numbers(table, name: str, p: Path) -> np.ndarray:
+    """A numeric column as float64; a column of another type (text, lists) is an AnalysisError naming it."""
+    import pyarrow as pa
+
+    col = table.column(name)
+    if not (pa.types.is_floating(col.type) or pa.types.is_integer(col.type) or pa.types.is_null(col.type)):
+        raise AnalysisError(f"{p}: column {name} holds {col.type}, expected numbers (a record file written by "
+                            f"evaluate.py or premem.py import-published)")
+    return col.to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def pc_any(column) -> bool:
@@ -159,22 +172,33 @@ def align_examples(run_dir, idlists, accs, ppls):
 
 
 def read_test_accuracy(test: dict, steps: list[int]):
-    """(mean test accuracy [ckpt] (NaN without a test record), test examples [ckpt])."""
+    """(mean test accuracy [ckpt] (NaN without a test record), test examples [ckpt], test ids [M],
+    per-question accuracy [ckpt, M]); the last two are None when checkpoints scored different questions."""
     test_acc = np.full(len(steps), np.nan)
     n_test = np.zeros(len(steps), dtype=np.int64)
+    per_q: dict[int, tuple[list, np.ndarray]] = {}
     for s, p in test.items():
         if s not in steps:
             warn(f"{p}: test record without a train record at step {s}; ignored")
             continue
-        a = records.read_columns(p, ["accuracy"]).column("accuracy").to_numpy(zero_copy_only=False)
-        a = a.astype(np.float64)
+        t = records.read_columns(p, ["id", "accuracy"])
+        a = numbers(t, "accuracy", p)
         if a.size == 0:
             raise AnalysisError(f"{p}: record file has no rows")
         if np.isnan(a).any():
             raise AnalysisError(f"{p}: {int(np.isnan(a).sum())} rows have NaN accuracy")
         k = steps.index(s)
         test_acc[k], n_test[k] = a.mean(), a.size
-    return test_acc, n_test
+        per_q[k] = ([str(x) for x in t.column("id").to_pylist()], a)
+    if not per_q:
+        return test_acc, n_test, None, None
+    ids = sorted(next(iter(per_q.values()))[0])
+    if any(sorted(q) != ids for q, _ in per_q.values()):
+        return test_acc, n_test, None, None
+    matrix = np.full((len(steps), len(ids)), np.nan)
+    for k, (q, a) in per_q.items():
+        matrix[k] = pd.Series(a, index=q).reindex(ids).to_numpy()
+    return test_acc, n_test, np.asarray(ids, dtype=object), matrix
 
 
 def expand_run_dirs(patterns) -> list[Path]:

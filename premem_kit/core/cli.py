@@ -86,3 +86,38 @@ def positive_float(text: str) -> float:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {v}")
     return v
+
+
+def perplexity_threshold(text: str) -> float:
+    """A perplexity threshold: a number > 1 (perplexity is never below 1, so a threshold <= 1 would
+    mark nothing memorized and PreMemAcc would be train accuracy)."""
+    import argparse
+
+    v = finite_float(text)
+    if v <= 1:
+        raise argparse.ArgumentTypeError(f"expected a perplexity > 1, got {v} (perplexity is never below 1: a "
+                                         f"threshold <= 1 marks nothing memorized, and PreMemAcc is then train "
+                                         f"accuracy)")
+    return v
+
+
+def out_folder(text: str):
+    """An output folder: a path that is a folder or does not exist yet (not a file)."""
+    import argparse
+    from pathlib import Path
+
+    p = Path(text).expanduser()
+    if p.exists() and not p.is_dir():
+        raise argparse.ArgumentTypeError(f"{p} is a file; expected an output folder (one that exists or will be made)")
+    return p
+
+
+def existing_file(text: str):
+    """A file to read (not a folder, not missing)."""
+    import argparse
+    from pathlib import Path
+
+    p = Path(text).expanduser()
+    if not p.is_file():
+        raise argparse.ArgumentTypeError(f"{p} {'is a folder' if p.is_dir() else 'does not exist'}; expected a file")
+    return p
