@@ -20,9 +20,11 @@ from premem_kit.grids.grid import flag_values, fmt_epochs, fmt_lr, load_grid
 
 GRID = ROOT / "grids" / "arith_smollm2.yaml"
 LARGE = ROOT / "grids" / "arith_smollm2_large.yaml"
+POWERED = ROOT / "grids" / "arith_smollm2_powered.yaml"
 # each grid, with the start of its README sentence (so a change of the grid file is a change here too)
 GRIDS = {GRID: "8 runs: learning rates 3e-4, 1e-3, 3e-3; 1 to 8 epochs; 32 / 16 / 8 train examples",
-         LARGE: "8 runs: learning rates 3e-4, 1e-3, 3e-3; 1 to 8 epochs; 256 / 128 / 64 train examples"}
+         LARGE: "8 runs: learning rates 3e-4, 1e-3, 3e-3; 1 to 8 epochs; 256 / 128 / 64 train examples",
+         POWERED: "8 runs: learning rates 3e-4, 1e-3, 3e-3; 1 to 6 epochs; 128 / 64 / 32 train examples"}
 
 
 def readme_sentence(g: dict) -> str:
@@ -34,21 +36,27 @@ def readme_sentence(g: dict) -> str:
     order = [s for s in ("full", "half", "quarter") if s in sizes]
     n_train, n_test = cfgs[0].eval_train_examples, cfgs[0].eval_test_examples
     cal = flag_values(g["analyze_args"], "--calibrate-on", [])
+    if cfgs[0].samples_for("test") == cfgs[0].eval_samples:
+        evaluated = f"{n_train} train and {n_test} test questions, {cfgs[0].eval_samples} samples each"
+    else:
+        evaluated = (f"{n_train} train questions (all of a run's when it has fewer) x {cfgs[0].eval_samples} "
+                     f"samples and {n_test} test questions x {cfgs[0].samples_for('test')}")
     return (f"{len(cfgs)} runs: learning rates {lrs}; {fmt_epochs(epochs[0])} to {fmt_epochs(epochs[-1])} epochs; "
             f"{' / '.join(str(sizes[s]) for s in order)} train examples ({' / '.join(order)}); every epoch "
-            f"evaluated on {n_train} train and {n_test} test "
-            f"questions, {cfgs[0].eval_samples} samples each; threshold calibrated on {len(cal)} runs, "
+            f"evaluated on {evaluated}; threshold calibrated on {len(cal)} runs, "
             f"R² reported on the other {len(cfgs) - len(cal)}")
 
 
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)
 def test_the_readme_states_the_grid_that_ships(grid):
+    """The grid the README runs is described there; the earlier grids in their results folders."""
     g = load_grid(grid)
-    readme = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    where = ROOT / "README.md" if grid == POWERED else ROOT / "docs" / "results" / grid.stem / "README.md"
+    text = re.sub(r"\s+", " ", where.read_text())
     sentence = readme_sentence(g)
     assert sentence.startswith(GRIDS[grid])
-    assert sentence in readme, f"README.md should say: {sentence}"
-    assert f"sweep.py run grids/{grid.name}" in readme
+    assert sentence in text, f"{where} should say: {sentence}"
+    assert f"sweep.py run grids/{grid.name}" in text
 
 
 @pytest.mark.parametrize("grid", GRIDS, ids=lambda p: p.stem)

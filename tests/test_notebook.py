@@ -39,7 +39,7 @@ def test_notebook_setup_cell_installs_and_other_cells_are_plain_python():
     # by default the notebook runs the arith grid; the GSM8K grid it names as the alternative exists too
     grid = re.search(r'^GRID = os.environ.get\("NOTEBOOK_GRID", "([^"]+)"\)\s+# or "([^"]+)" \(GSM8K\)',
                      "\n".join(src for _, src in cells), re.M)
-    assert grid and grid.groups() == ("grids/arith_smollm2_large.yaml", "grids/demo_cpu.yaml"), grid
+    assert grid and grid.groups() == ("grids/arith_smollm2_powered.yaml", "grids/demo_cpu.yaml"), grid
     assert all((ROOT / g).exists() for g in grid.groups())
 
 
