@@ -47,7 +47,8 @@ from pathlib import Path
 from premem_kit.core import cli
 from premem_kit.core import overrides
 from premem_kit.core.config import FIELDS, load_config
-from premem_kit.curation.vocabulary import COLLECTORS, DEFAULT_T, MEM_THRESHOLD_HELP, SELECT_FROM, STRATEGIES
+from premem_kit.curation.vocabulary import (COLLECTORS, DEFAULT_T, MEM_THRESHOLD_HELP, SELECT_FROM, STRATEGIES,
+                                           strategy_mismatch)
 
 # ----------------------------------------------------------------------------- rft and scaling
 
@@ -95,17 +96,6 @@ def collect_options(a):
     names = ("collector", "pool", "pool_size", "rephrase_model", "rephrase_hf", "rpm", "max_retries",
              "rephrase_temperature")
     return CollectOptions(**{k: getattr(a, k) for k in names})
-
-
-def strategy_mismatch(a) -> str | None:
-    """Options of one selection strategy given with another would be ignored: say so instead."""
-    premem = [o for o, v in (("--t", a.t), ("--mem-threshold", a.mem_threshold),
-                             ("--threshold-from", a.threshold_from)) if v is not None]
-    if premem and a.strategy != "premem":
-        return f"{premem[0]} applies to --strategy premem only (this is --strategy {a.strategy})"
-    if a.fraction is not None and a.strategy not in ("ifd", "heuristic"):
-        return f"--fraction applies to --strategy ifd or heuristic only (this is --strategy {a.strategy})"
-    return None
 
 
 def loop_options(a):
@@ -341,11 +331,9 @@ def main(argv=None) -> int:
             a.overrides, extra = [*a.overrides, *extra], []
     if extra:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
-    if a.cmd in ("select", "algo1"):
-        misplaced = strategy_mismatch(a)
-        if misplaced:
-            ap.error(misplaced)
-    if getattr(a, "t", None) is None and hasattr(a, "t"):
+    if a.cmd in ("select", "algo1") and strategy_mismatch(a.strategy, a.t, a.mem_threshold, a.threshold_from, a.fraction):
+        ap.error(strategy_mismatch(a.strategy, a.t, a.mem_threshold, a.threshold_from, a.fraction))
+    if hasattr(a, "t") and a.t is None:
         a.t = DEFAULT_T
     cli.setup()
     return cli.run(f"curate.py {a.cmd}", SUBCOMMANDS[a.cmd][1], a)

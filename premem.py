@@ -315,10 +315,9 @@ def import_published(a) -> None:
 
 
 def threshold_kwargs(a) -> dict:
-    if a.threshold_from is not None:  # a file that is not an analyze summary: refused before any work
-        from premem_kit.analysis.calibration import threshold_from_summary
+    from premem_kit.analysis.calibration import threshold_from_summary
 
-        threshold_from_summary(a.threshold_from)
+    _ = a.threshold_from is None or threshold_from_summary(a.threshold_from)  # not a summary: refused before work
     return dict(threshold_loglog=a.threshold, threshold_ppl=a.threshold_ppl, threshold_from=a.threshold_from,
                 calibrate=a.calibrate)
 

@@ -173,6 +173,7 @@ def main():
     ap.add_argument("--run", help="a trained run folder whose last checkpoint is evaluated (default: a fresh adapter)")
     ap.add_argument("--train-examples", type=int, default=12, help="train questions (default: the demo's before 2026-12)")
     ap.add_argument("--test-examples", type=int, default=16, help="test questions (default: the demo's before 2026-12)")
+    ap.add_argument("--test-samples", type=int, default=2, help="samples per test question (the demo's before 2026-12)")
     ap.add_argument("--before-batch-size", type=int, default=4, help="prompts per generate call before (the demo's)")
     ap.add_argument("--skip-before", action="store_true", help="measure only the kit as it is now")
     ap.add_argument("--decode-tokens", type=int, default=64, help="new tokens per plain decode loop")
@@ -193,7 +194,7 @@ def main():
     train = data.load_split(cfg, "train")[: a.train_examples]
     test = data.load_split(cfg, "test")[: a.test_examples]
     how = Sampling.of(cfg)
-    print(f"settings {a.config}: {len(train)} train + {len(test)} test questions x {how.samples} samples, "
+    print(f"settings {a.config}: {len(train)} train questions x {how.samples} + {len(test)} test x {a.test_samples} samples, "
           f"max {how.max_new_tokens} new tokens; threads {torch.get_num_threads()}")
 
     rows = {}
@@ -201,11 +202,11 @@ def main():
         model, tok, load_s = load_checkpoint_model(cfg, a.run, before=True)
         r = evaluate_checkpoint(model, tok, train, test,
                                 dataclasses.replace(how, sampler="generate", batch_size=a.before_batch_size),
-                                cfg.samples_for("test"))
+                                a.test_samples)
         rows["before"] = dict(r, load_s=load_s)
         del model
     model, tok, load_s = load_checkpoint_model(cfg, a.run, before=False)
-    rows["after"] = dict(evaluate_checkpoint(model, tok, train, test, how, cfg.samples_for("test")), load_s=load_s)
+    rows["after"] = dict(evaluate_checkpoint(model, tok, train, test, how, a.test_samples), load_s=load_s)
 
     prompt = data.tokenize_prompt(tok, data.make_prompt(test[0]["question"]), cfg.max_length)[0]
     plain_decode(model, prompt, 2, 4)  # warm-up

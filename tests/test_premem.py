@@ -415,7 +415,8 @@ def test_bad_options_are_errors_not_tracebacks(tmp_path, capsys):
     argv = ["analyze", *map(str, dirs), "--out", str(tmp_path / "o")]
     assert premem.main(argv + ["--calibrate-on", "nope"]) == 2
     assert "nope" in capsys.readouterr().err
-    assert premem.main(argv + ["--threshold", "nan"]) == 2
+    with pytest.raises(SystemExit, match="2"):  # refused while parsing
+        premem.main(argv + ["--threshold", "nan"])
     assert "finite" in capsys.readouterr().err
     assert premem.main(argv + ["--fragile-t", "2"]) == 2
     assert "fragile threshold must be in [0, 1]" in capsys.readouterr().err

@@ -226,8 +226,9 @@ def test_import_prefers_5_sample_files_and_the_options_choose_others(tmp_path, c
     assert f.name == "train_answer_types5_seed2_temp0.8.npy" and parts["fallback"] is False
     assert samples_read("most", "--most-samples") == [50] * 4 and "no train answer" not in capsys.readouterr().err
     assert samples_read("ten", "--samples", "10") == [10] * 4
-    assert premem.main(["import-published", str(src.parent), str(tmp_path / "z"), "--samples", "0"]) == 2
-    assert "--samples must be at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):  # refused while parsing
+        premem.main(["import-published", str(src.parent), str(tmp_path / "z"), "--samples", "0"])
+    assert "argument --samples: expected a whole number >= 1" in capsys.readouterr().err
 
 
 def test_import_bad_answer_types_names_the_file(tmp_path, capsys):

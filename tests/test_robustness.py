@@ -192,8 +192,9 @@ def test_missing_variants_name_the_evaluate_command(tmp_path, capsys):
     bad.write_text("{}")
     assert premem.main(["robustness", str(run2), "--out", str(tmp_path / "o"), "--threshold-from", str(bad)]) == 2
     assert "threshold_loglog" in capsys.readouterr().err
-    assert premem.main(["robustness", str(run2), "--out", str(tmp_path / "o"), "--threshold-ppl", "0"]) == 2
-    assert "perplexity threshold must be a finite number > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):  # refused while parsing
+        premem.main(["robustness", str(run2), "--out", str(tmp_path / "o"), "--threshold-ppl", "0"])
+    assert "expected a perplexity > 1" in capsys.readouterr().err
 
 
 def test_threshold_from_analyze_summary_and_calibrated(tmp_path):

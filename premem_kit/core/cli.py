@@ -31,29 +31,26 @@ def run(prog: str, fn, *args, **kwargs) -> int:
 
 
 # argparse types: a bad value is rejected while parsing (exit 2, the option named), before any work
-def positive_int(text: str) -> int:
+def whole_number(text: str, low: int) -> int:
+    """An integer >= low, or an argparse error saying so."""
     import argparse
 
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {text!r}") from None
+    if v < low:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {low}, got {v}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return whole_number(text, 1)
 
 
 def nonnegative_int(text: str) -> int:
-    """A count that may be 0 (GPUs per cell, ...)."""
-    import argparse
-
-    try:
-        v = int(text)
-    except ValueError:
-        v = -1
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return v
+    """A count that may be 0 (GPUs per cell, bootstrap resamples, ...)."""
+    return whole_number(text, 0)
 
 
 def finite_float(text: str) -> float:

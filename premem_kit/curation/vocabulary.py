@@ -57,3 +57,14 @@ def to_row(ex: dict, task: str, **prov) -> dict:
 def text_keys(task: str) -> tuple[str, str]:
     """The question and solution keys of a dataset's JSONL rows."""
     return ("question", "answer") if task == "gsm8k" else ("problem", "solution")
+
+
+def strategy_mismatch(strategy: str, t, mem_threshold, threshold_from, fraction) -> str | None:
+    """What is wrong when options of one selection strategy come with another (they would be ignored)."""
+    premem = [o for o, v in (("--t", t), ("--mem-threshold", mem_threshold), ("--threshold-from", threshold_from))
+              if v is not None]
+    if premem and strategy != "premem":
+        return f"{premem[0]} applies to --strategy premem only (this is --strategy {strategy})"
+    if fraction is not None and strategy not in ("ifd", "heuristic"):
+        return f"--fraction applies to --strategy ifd or heuristic only (this is --strategy {strategy})"
+    return None

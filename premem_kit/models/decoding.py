@@ -146,12 +146,14 @@ def prefill(model, prompts: list[list[int]], first: int, n: int, pad_id: int) ->
 
 @torch.no_grad()
 def decode(model, tok, prompts: list[list[int]], n: int, *, sequences: int, max_new_tokens: int, temperature: float,
-           top_k: int, top_p: float, gen, stop: str | None, eos: set[int], on_done=None) -> list[list[list[int]]]:
+           top_k: int, top_p: float, gen, stop: str | None, eos: set[int], on_done=None,
+           min_new_tokens: int = 0) -> list[list[list[int]]]:
     """n generated token-id lists per prompt, at most `sequences` in flight (at least one prompt's n).
 
     A sequence ends at an EOS token (not kept), at the first token that completes `stop` (kept, as
-    generate keeps it; the caller cuts the text) or after max_new_tokens. on_done(prompt index) is
-    called when a prompt's last sample ends."""
+    generate keeps it; the caller cuts the text) or after max_new_tokens; before min_new_tokens the EOS
+    tokens cannot be drawn and the stop string is not looked for (generate's min_new_tokens; benchmarks
+    use it for fixed-length decoding). on_done(prompt index) is called when a prompt's last sample ends."""
     out = [[[] for _ in range(n)] for _ in prompts]
     running = [n] * len(prompts)
     can_stop = stop_candidates(tok, stop) if stop else None
@@ -164,6 +166,11 @@ def decode(model, tok, prompts: list[list[int]], n: int, *, sequences: int, max_
             new = prefill(model, take, nxt, n, tok.pad_token_id)
             batch = merge(batch, new) if batch else new
             nxt += len(take)
+        if min_new_tokens and eos:
+            young = torch.tensor([len(out[p][s]) < min_new_tokens for p, s in batch.rows], device=batch.logits.device)
+            if young.any():
+                banned = torch.tensor(sorted(eos), device=batch.logits.device)
+                batch.logits[young.nonzero()[:, :1], banned] = float("-inf")
         tokens = next_tokens(batch.logits, temperature, top_k, top_p, gen).tolist()
         keep = []
         for r, ((p, s), t) in enumerate(zip(batch.rows, tokens)):
@@ -171,7 +178,7 @@ def decode(model, tok, prompts: list[list[int]], n: int, *, sequences: int, max_
             if t not in eos:
                 seq.append(t)
             ended = (t in eos or len(seq) >= max_new_tokens
-                     or (stop and can_stop[t] and stop in tok.decode(seq[-len(stop) - 1:])))
+                     or (stop and len(seq) >= min_new_tokens and can_stop[t] and stop in tok.decode(seq[-len(stop) - 1:])))
             if not ended:
                 keep.append(r)
                 continue

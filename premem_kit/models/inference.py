@@ -80,7 +80,9 @@ def sample(model, tok, prompts, n=5, temperature=0.8, top_p=0.95, max_new_tokens
                 seqs = decoding.decode(model, tok, [ids[j] for j in order], n_ret, sequences=bs * n_ret,
                                        max_new_tokens=max_new_tokens, temperature=0 if deterministic else temperature,
                                        top_k=top_k, top_p=top_p, gen=gen, stop=stop, eos=_eos_ids(model, tok),
-                                       on_done=lambda _: bar.update(1))
+                                       on_done=lambda _: bar.update(1),
+                                       min_new_tokens=getattr(getattr(model, "generation_config", None),
+                                                              "min_new_tokens", None) or 0)
                 texts = [tok.batch_decode(s, skip_special_tokens=True) for s in seqs]
                 ntok = sum(len(x) for s in seqs for x in s)
             break
