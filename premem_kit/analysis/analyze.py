@@ -307,7 +307,7 @@ def print_summary(s: dict, out: Path) -> None:
         print(f"calibration runs: R^2 = {fmt(s['r2_calibration'])}   held-out runs: R^2 = {fmt(s['r2_heldout'])}"
               f"  Pearson r = {fmt(s['pearson_r_heldout'])}   train accuracy R^2 = {fmt(s['train_acc_r2_heldout'])}")
     b = s.get("bootstrap") or {}
-    if b:
+    if b and not s.get("r2_note"):
         def ci(k):
             return f"[{fmt(b[k][0])}, {fmt(b[k][1])}]" if k in b else "n/a"
 
