@@ -132,7 +132,7 @@ def warn_mixed(runs: list[RunData]) -> None:
 
     seen: dict[tuple, list[str]] = {}
     for r in runs:
-        for _, split, variant, p in runs_mod.list_records(r.path)[:2]:
+        for _, split, variant, p in runs_mod.list_records(r.path)[:2]:  # the first checkpoint's train and test files
             s = records.read_settings(p) or {}
             key = (split, tuple((k, s.get(k)) for k in ("eval_samples", "eval_temperature", "eval_top_p",
                                                          "eval_max_new_tokens", "examples")))

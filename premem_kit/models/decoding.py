@@ -128,12 +128,17 @@ def merge(a: Batch, b: Batch) -> Batch:
                  torch.cat([a.logits, b.logits]), a.rows + b.rows)
 
 
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists left-padded to one length: (input_ids, attention_mask)."""
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], dtype=torch.long, device=device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], dtype=torch.long, device=device)
+    return ids, mask
+
+
 def prefill(model, prompts: list[list[int]], first: int, n: int, pad_id: int) -> Batch:
     """Run left-padded prompts once; their cache, copied for n samples each."""
-    dev = next(model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=dev)
-    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
+    ids, mask = left_pad(prompts, pad_id, next(model.parameters()).device)
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     cache = out.cache
@@ -178,7 +183,8 @@ def decode(model, tok, prompts: list[list[int]], n: int, *, sequences: int, max_
             if t not in eos:
                 seq.append(t)
             ended = (t in eos or len(seq) >= max_new_tokens
-                     or (stop and len(seq) >= min_new_tokens and can_stop[t] and stop in tok.decode(seq[-len(stop) - 1:])))
+                     or (stop and len(seq) >= min_new_tokens and can_stop[t]
+                         and stop in tok.decode(seq[-len(stop) - 1:])))
             if not ended:
                 keep.append(r)
                 continue

@@ -18,14 +18,6 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def _left_pad(tok, ids, device):
-    """Token id lists left-padded into input_ids and attention_mask."""
-    n = max(len(x) for x in ids)
-    input_ids = torch.tensor([[tok.pad_token_id] * (n - len(x)) + x for x in ids], dtype=torch.long, device=device)
-    mask = torch.tensor([[0] * (n - len(x)) + [1] * len(x) for x in ids], dtype=torch.long, device=device)
-    return {"input_ids": input_ids, "attention_mask": mask}
-
-
 def _is_oom(e: Exception) -> bool:
     return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
 
@@ -58,8 +50,6 @@ def sample(model, tok, prompts, n=5, temperature=0.8, top_p=0.95, max_new_tokens
     CUDA out-of-memory the batch halves and is retried. Returns (completions, n_tokens): completions[i]
     is the list of n strings for prompts[i], n_tokens the generated tokens.
     """
-    import time
-
     device = _device(model)
     was_training = model.training
     model.eval()
@@ -120,12 +110,12 @@ def _sample_generate(model, tok, ids, n_ret, bs, deterministic, temperature, top
         gen_kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
     texts, ntok = [], 0
     for i in range(0, len(ids), bs):
-        enc = _left_pad(tok, ids[i:i + bs], _device(model))
-        new = model.generate(**enc, **gen_kw)[:, enc["input_ids"].shape[1]:]
+        input_ids, mask = decoding.left_pad(ids[i:i + bs], tok.pad_token_id, _device(model))
+        new = model.generate(input_ids=input_ids, attention_mask=mask, **gen_kw)[:, input_ids.shape[1]:]
         flat = tok.batch_decode(new, skip_special_tokens=True)
         texts += [flat[k:k + n_ret] for k in range(0, len(flat), n_ret)]
         ntok += int((new != tok.pad_token_id).sum())
-        bar.update(len(enc["input_ids"]))
+        bar.update(len(input_ids))
     return texts, ntok
 
 

@@ -84,8 +84,9 @@ def load_tokenizer(spec: str, tokenizer_spec: str | None = None):
     from transformers import AutoTokenizer
 
     src, gguf = resolve_source(tokenizer_spec or spec)
-    if gguf and (copy_path(src, gguf) / "tokenizer_config.json").exists():
-        src, gguf = str(copy_path(src, gguf)), None  # the same tokenizer, saved by dequantized_copy
+    copy = copy_path(src, gguf) if gguf else None
+    if copy and (copy / "tokenizer_config.json").exists():
+        src, gguf = str(copy), None  # the same tokenizer, saved by dequantized_copy
     kw, offline = _hub_kwargs(src)
     if gguf:
         kw["gguf_file"] = gguf
