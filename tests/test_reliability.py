@@ -273,6 +273,41 @@ def test_analyze_warns_on_mixed_settings_and_holes(tmp_path, capsys):
     assert "checkpoints without a test record" in err and "b (steps 10)" in err, err
 
 
+def test_mixed_caps_tells_a_grid_cap_from_different_settings():
+    """A run smaller than the grid's cap on train questions is evaluated on all of them: that count differs
+    by design. Two runs that each evaluated part of their train set, at different counts, do not agree."""
+    from premem_kit.analysis.analyze import mixed_caps
+
+    assert not mixed_caps([("full", 64, False), ("half", 64, True), ("quarter", 32, True)])
+    assert not mixed_caps([("a", 32, True), ("b", 8, True)])  # no cap reached anywhere
+    assert mixed_caps([("a", 64, False), ("b", 32, False)])
+    assert mixed_caps([("a", 32, False), ("b", 64, True)])  # b's 64 questions exceed a's cap of 32
+
+
+def test_analyze_warns_on_different_question_counts_only_beyond_a_cap(tmp_path, capsys):
+    import numpy as np
+
+    from premem_kit.core import files, records, runs
+    from conftest import record_rows
+
+    def run(name, n_eval, n_train):
+        ids = [f"gsm8k/train/{i}" for i in range(n_train)]
+        r = write_synthetic_run(tmp_path / name, [10], np.full((1, n_eval), 0.5), np.full((1, n_eval), 2.0), [0.4],
+                                ids=ids[:n_eval])
+        files.atomic_write_json(runs.subset_ids_path(r), ids)
+        rows = record_rows(ids[:n_eval], 10, "train", [0.5] * n_eval, [2.0] * n_eval)
+        records.write_records(runs.record_path(r, 10, "train"), rows, {"eval_samples": 4, "examples": n_eval})
+        return str(r)
+
+    full, quarter = run("full", 4, 8), run("quarter", 2, 2)  # cap 4: all of quarter's 2
+    args = ["--no-figures", "--threshold", "-2.3"]
+    code, err = run_main(premem.main, ["analyze", full, quarter, "--out", str(tmp_path / "o"), *args], capsys)
+    assert code == 0 and "different numbers" not in err and "different settings" not in err, err
+    other = run("other", 3, 8)  # evaluated with a cap of 3
+    code, err = run_main(premem.main, ["analyze", full, quarter, other, "--out", str(tmp_path / "o2"), *args], capsys)
+    assert code == 0 and "different numbers of their train questions: full 4, quarter 2 (all), other 3" in err, err
+
+
 def test_a_record_column_of_the_wrong_type_is_named(tmp_path, capsys):
     import numpy as np
     import pandas as pd

@@ -130,24 +130,50 @@ def warn_mixed(runs: list[RunData]) -> None:
     points are then not measured alike), or when a run has checkpoints without a test record (holes)."""
     from premem_kit.core import records, runs as runs_mod
 
+    sampler = ("eval_samples", "eval_temperature", "eval_top_p", "eval_max_new_tokens")
     seen: dict[tuple, list[str]] = {}
+    counts: list[tuple[str, int, bool]] = []  # (run, train questions evaluated, all of the run's train set)
     for r in runs:
         for _, split, variant, p in runs_mod.list_records(r.path)[:2]:  # the first checkpoint's train and test files
             s = records.read_settings(p) or {}
-            key = (split, tuple((k, s.get(k)) for k in ("eval_samples", "eval_temperature", "eval_top_p",
-                                                         "eval_max_new_tokens", "examples")))
-            if s:
-                seen.setdefault(key, []).append(r.name)
+            if not s:
+                continue
+            # A grid caps train questions per checkpoint; a run smaller than the cap is evaluated on all of
+            # its train set, so its count differs by design and is compared below, not here.
+            keys = sampler + (("examples",) if split == "test" else ())
+            seen.setdefault((split, tuple((k, s.get(k)) for k in keys)), []).append(r.name)
+            if split == "train" and s.get("examples") is not None:
+                counts.append((r.name, int(s["examples"]), int(s["examples"]) >= train_set_size(r.path)))
     for split in ("train", "test"):
         kinds = {k: v for k, v in seen.items() if k[0] == split}
         if len(kinds) > 1:
             desc = "; ".join(f"{', '.join(f'{a}={b}' for a, b in k[1])} ({', '.join(names[:2])})"
                              for k, names in kinds.items())
             warn(f"the runs' {split} records were made with different settings: {desc}")
+    if mixed_caps(counts):
+        warn("the runs were evaluated on different numbers of their train questions: "
+             + ", ".join(f"{n} {c}{' (all)' if whole else ''}" for n, c, whole in counts))
     holes = [f"{r.name} (steps {', '.join(str(s) for s in r.steps[np.isnan(r.test_acc)][:4])})"
              for r in runs if np.isnan(r.test_acc).any()]
     if holes:
         warn(f"checkpoints without a test record are in PreMemAcc's running max but are not points: {'; '.join(holes)}")
+
+
+def train_set_size(run) -> float:
+    """How many examples the run trains on (subset_ids.json); infinite when unknown, so no count is "all"."""
+    from premem_kit.core import runs as runs_mod
+
+    try:
+        return len(runs_mod.read_train_ids(run))
+    except runs_mod.RunError:
+        return float("inf")
+
+
+def mixed_caps(counts: list[tuple[str, int, bool]]) -> bool:
+    """Whether no one cap on train questions per checkpoint explains the counts: a run that evaluated only
+    part of its train set fixes the cap at its count, so another such count, or any larger count, differs."""
+    caps = {c for _, c, whole in counts if not whole}
+    return len(caps) > 1 or (len(caps) == 1 and any(c > min(caps) for _, c, _ in counts))
 
 
 def check_options(threshold_loglog, threshold_ppl, calibrate_on, fragile_t) -> None:
