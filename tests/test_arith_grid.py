@@ -120,3 +120,17 @@ def test_the_grid_runs_through_sweep_and_analyze_on_the_tiny_model(tmp_path, tin
     assert summary["n_points"] == 1 + 3 and summary["threshold_loglog"] == -2.3
     assert [p["epoch"] for p in summary["points"] if p["subset"] == "quarter"] == [1.0, 3.0, 4.0]
     assert (tmp_path / "runs" / "analysis" / "figures" / "fig1.png").exists()
+
+
+def test_the_readme_reports_the_powered_grids_committed_result():
+    """The README's headline numbers are the ones in the grid's committed summary (so a rerun that changes
+    them changes the README too)."""
+    s = json.loads((ROOT / "docs" / "results" / POWERED.stem / "summary.json").read_text())
+    lo, hi = s["bootstrap"]["r2_heldout"]
+    tlo, thi = s["bootstrap"]["train_acc_r2_heldout"]
+    text = re.sub(r"\s+", " ", (ROOT / "README.md").read_text())
+    for claim in (f"held-out R² is {s['r2_heldout']:.2f}, 95% interval [{lo:.2f}, {hi:.2f}]",
+                  f"log(log(ppl)) = {s['threshold_loglog']:.2f} (perplexity {s['threshold_ppl']:.2f})",
+                  f"raw train accuracy gives R² {s['train_acc_r2_heldout']:.2f} [{tlo:.1f}, {thi:.2f}]",
+                  f"over the {s['n_points']} points"):
+        assert claim in text, claim
