@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine:
-#   make demo   set up .venv, then train + evaluate + analyze the embedded demo (CPU, ~8.5 min)
+#   make demo   set up .venv, then train + evaluate + analyze the embedded demo (CPU, ~7.5 min)
 #   make test   set up .venv, then run the tests
 PY ?= python3
 VENV := .venv
